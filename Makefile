@@ -1,0 +1,63 @@
+# neva-prep: the two commands of the README are `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+NEMO_IMAGE ?= nvcr.io/nvidia/nemo:24.05
+IMAGE ?= neva-prep:latest
+PLAN ?= job/neva_prep/sample/plan.yaml
+OUT ?= build
+
+.PHONY: install run test lint typecheck unit bench bench-model bench-data docker-build docker-run k8s slurm clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev]' torch==$(TORCH_VERSION)
+	touch $@
+
+run: install
+	$(BIN)/neva-prep sample $(OUT)/sample
+	$(BIN)/neva-prep launch local $(OUT)/sample/plan.yaml
+
+lint: install
+	$(BIN)/ruff check job tests bench
+	$(BIN)/ruff format --check job tests bench
+	$(BIN)/hadolint Dockerfile
+
+typecheck: install
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest -q
+
+test: lint typecheck unit
+
+bench: bench-model bench-data
+
+bench-model: install
+	$(BIN)/python bench/bench_model.py
+
+bench-data: install
+	$(BIN)/python bench/bench_data.py
+
+docker-build:
+	docker build --build-arg NEMO_IMAGE=$(NEMO_IMAGE) -t $(IMAGE) .
+
+docker-run:
+	docker run --rm --gpus all --user $$(id -u):$$(id -g) \
+	  -v $(abspath $(dir $(PLAN))):/plan:ro -v $(abspath $(OUT)):/out \
+	  --env-file <(env | grep -E '^(AWS_|FSSPEC_|GOOGLE_)' || true) \
+	  $(IMAGE) launch local /plan/$(notdir $(PLAN))
+
+k8s: install
+	$(BIN)/neva-prep launch k8s $(PLAN) --out $(OUT)/k8s
+
+slurm: install
+	$(BIN)/neva-prep launch slurm $(PLAN) --out $(OUT)/slurm
+
+clean:
+	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,203 @@
+"""One storage layer over fsspec: local paths, ``s3://`` (s3fs), ``gs://`` (gcsfs).
+
+Every write to a destination is atomic: local files are written under a temporary name in the same
+directory and renamed; object-store files are one streamed (multipart) upload that is aborted when the
+writer fails, so a failed run leaves nothing at the destination. Credentials come only from the
+environment and fsspec's own configuration; URLs are redacted before they reach a message.
+
+The S3 endpoint may be set with ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``), as for the AWS CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import re
+import uuid
+from collections.abc import Iterator
+from typing import IO, Any
+
+import fsspec
+from fsspec.spec import AbstractFileSystem
+
+from neva_prep.errors import BadInput
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+BLOCK_SIZE = 16 * 2**20
+
+
+def redact(url: str) -> str:
+    """Drop any ``user:secret@`` from a URL so that it can be printed."""
+    return _USERINFO.sub(r"\1***@", url)
+
+
+def protocol(url: str) -> str:
+    """``s3``, ``gs``, ``file``, …"""
+    m = _SCHEME.match(url)
+    return m.group(1).lower() if m else "file"
+
+
+def is_local(url: str) -> bool:
+    return protocol(url) == "file"
+
+
+def _local_path(url: str) -> str:
+    return url[len("file://") :] if url.startswith("file://") else url
+
+
+def filesystem(url: str) -> AbstractFileSystem:
+    """The fsspec filesystem for `url`, configured from the environment only."""
+    proto = protocol(url)
+    kwargs: dict[str, Any] = {}
+    if proto in ("s3", "s3a"):
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+        kwargs["default_block_size"] = BLOCK_SIZE
+    try:
+        if proto in ("s3", "s3a", "gs", "gcs"):
+            kwargs["use_listings_cache"] = False
+        return fsspec.filesystem(proto, **kwargs)
+    except (ImportError, ValueError) as exc:
+        raise BadInput(f"{redact(url)}: unsupported storage protocol {proto!r} ({exc})") from None
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or URL."""
+    if is_local(base):
+        return os.path.join(_local_path(base), *parts)
+    return posixpath.join(base.rstrip("/"), *parts)
+
+
+def _path(url: str, fs: AbstractFileSystem) -> str:
+    return _local_path(url) if is_local(url) else url
+
+
+def exists(url: str) -> bool:
+    fs = filesystem(url)
+    return bool(fs.exists(_path(url, fs)))
+
+
+def isdir(url: str) -> bool:
+    fs = filesystem(url)
+    return bool(fs.isdir(_path(url, fs)))
+
+
+def size(url: str) -> int:
+    fs = filesystem(url)
+    return int(fs.size(_path(url, fs)))
+
+
+def listdir(url: str) -> list[str]:
+    """Names (not paths) directly under `url`; empty when it does not exist."""
+    fs = filesystem(url)
+    path = _path(url, fs)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
+
+
+def glob(pattern: str) -> list[str]:
+    """Expand a glob into sorted URLs (local paths stay paths); a plain path expands to itself."""
+    fs = filesystem(pattern)
+    if not any(c in pattern for c in "*?["):
+        return [pattern]
+    found = sorted(str(p) for p in fs.glob(_path(pattern, fs)))
+    if is_local(pattern):
+        return found
+    proto = protocol(pattern)
+    return [p if _SCHEME.match(p) else f"{proto}://{p}" for p in found]
+
+
+def open_read(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:
+    """Open `url` for reading; a missing or unreadable source is bad input (exit 2)."""
+    fs = filesystem(url)
+    try:
+        return fs.open(_path(url, fs), mode, **kwargs)  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        raise BadInput(f"{redact(url)}: no such file") from None
+    except IsADirectoryError:
+        raise BadInput(f"{redact(url)}: is a directory, expected a file") from None
+    except PermissionError:
+        raise BadInput(f"{redact(url)}: permission denied") from None
+
+
+def read_bytes(url: str) -> bytes:
+    with open_read(url) as f:
+        return f.read()  # type: ignore[no-any-return]
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+@contextlib.contextmanager
+def atomic_write(url: str) -> Iterator[IO[bytes]]:
+    """Yield a binary file that appears at `url` only if the block finishes without an exception."""
+    if is_local(url):
+        path = _local_path(url)
+        directory = os.path.dirname(os.path.abspath(path))
+        tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        try:
+            os.makedirs(directory, exist_ok=True)
+            f = open(tmp, "wb")  # noqa: SIM115 - closed below, renamed only on success
+        except OSError as exc:
+            raise BadInput(f"{path}: cannot write destination ({exc.strerror})") from None
+        try:
+            with f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return
+
+    fs = filesystem(url)
+    try:
+        remote = fs.open(url, "wb", block_size=BLOCK_SIZE)
+    except (PermissionError, OSError, ValueError) as exc:
+        raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
+    try:
+        yield remote
+    except BaseException:
+        # fsspec's close() would complete the upload: discard aborts the multipart upload instead.
+        with contextlib.suppress(Exception):
+            remote.discard()
+        with contextlib.suppress(Exception):
+            remote.closed = True
+        raise
+    try:
+        remote.close()
+    except (PermissionError, OSError) as exc:
+        raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Atomically write `data` to `url`."""
+    with atomic_write(url) as f:
+        f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def remove(url: str, *, recursive: bool = False) -> None:
+    """Remove `url` if it exists."""
+    fs = filesystem(url)
+    path = _path(url, fs)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm(path, recursive=recursive)
+
+
+def makedirs(url: str) -> None:
+    """Create a local directory (object stores need none)."""
+    if is_local(url):
+        os.makedirs(_local_path(url), exist_ok=True)
