@@ -1,0 +1,491 @@
+"""The plan: one YAML file saying what to prepare and where it runs, and the ONE mapping of it onto CLI calls.
+
+Every launcher (Kubernetes, Slurm, local) renders the argv lists built here and nothing else, so a job
+on any scheduler runs exactly the command a user would type. The plan is validated when it is loaded
+(unknown keys, wrong types, names that cannot become Kubernetes/Slurm job names): a bad plan is bad input
+(exit 2) before anything is submitted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from neva_prep import storage
+from neva_prep.errors import BadInput, where
+
+PRECISIONS = ("16", "bf16", "32")
+DEVICES = ("auto", "cpu", "cuda")
+SOURCES = ("webvid", "captions", "llava")
+MEDIA = ("image", "video")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_MAX_JOB_NAME = 63 - len("-merge")  # Job names become pod labels and hostnames (<= 63 characters)
+_TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model step: an HF LLaMA directory (path or URL) converted to `output/checkpoints/NAME.nemo`."""
+
+    source: str
+    name: str
+    precision: str = "16"
+    layout: str = "mcore"
+    gpus: int = 1
+    tokens: tuple[str, ...] | None = None  # None: the step's default `<extra_id_0>`..`<extra_id_7>`
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset: converted in `shards` parallel tasks into `output/datasets/NAME/`, then merged."""
+
+    name: str
+    source: str
+    from_: str
+    media: str
+    shards: int = 1
+    parallelism: int | None = None  # how many shards run at once; default: all of them
+    media_column: str | None = None
+    caption_column: str | None = None
+    id_column: str | None = None
+    prompts: str | None = None
+    media_root: str | None = None
+
+    @property
+    def max_parallel(self) -> int:
+        return min(self.parallelism or self.shards, self.shards)
+
+
+@dataclass(frozen=True)
+class KubernetesSpec:
+    """Where and how the Jobs run; credentials come only from `secret` (a Secret with AWS_* keys)."""
+
+    namespace: str = "default"
+    secret: str | None = None
+    gpu_resource: str = "nvidia.com/gpu"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    service_account: str | None = None
+    ttl_seconds_after_finished: int = 86400
+    backoff_limit_per_index: int = 2
+    cpu_request: str = "2"
+    cpu_limit: str | None = None
+    memory_request: str = "8Gi"
+    memory_limit: str | None = "16Gi"
+    scratch_size: str = "20Gi"
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """sbatch options; `container_image` runs the steps through pyxis/enroot, None in a bare environment."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"
+    array_parallelism: int | None = None
+    container_image: str | None = None
+    container_mounts: str | None = None
+    cpus_per_task: int = 4
+    mem: str | None = None
+    extra_sbatch: tuple[str, ...] = ()  # extra "#SBATCH ..." lines, verbatim
+    setup: tuple[str, ...] = ()  # shell lines run before the command
+    log_dir: str = "logs"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A whole preparation: the model step (optional) and every dataset, for one output root."""
+
+    output: str
+    image: str
+    model: ModelSpec | None
+    datasets: tuple[DatasetSpec, ...]
+    kubernetes: KubernetesSpec
+    slurm: SlurmSpec
+    name: str = "neva-prep"
+
+    def dataset(self, name: str) -> DatasetSpec:
+        for ds in self.datasets:
+            if ds.name == name:
+                return ds
+        raise KeyError(name)
+
+
+# --- loading and validation ---------------------------------------------------------------------------
+
+_MISSING = object()
+
+
+class _Section:
+    """One mapping of the plan, read key by key with type checks; unknown keys are reported first."""
+
+    def __init__(self, data: object, path: str, source: str, allowed: tuple[str, ...]):
+        self.path, self.source = path, source
+        if not isinstance(data, Mapping):
+            raise self.error(path, f"expected a mapping, got {_kind(data)}")
+        unknown = sorted(str(k) for k in data if k not in allowed)
+        if unknown:
+            raise self.error(self.key(unknown[0]), f"unknown key (allowed: {', '.join(sorted(allowed))})")
+        self.data: Mapping[str, object] = data
+
+    def key(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def error(self, field_path: str, message: str) -> BadInput:
+        return BadInput(f"{where(self.source, field=field_path)}: {message}")
+
+    def raw(self, key: str, default: object) -> object:
+        value = self.data.get(key)
+        if value is None:
+            if default is _MISSING:
+                raise self.error(self.key(key), "missing")
+            return default
+        return value
+
+    def text(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = ()) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.error(self.key(key), f"expected a string, got {_kind(value)}")
+        text = str(value)
+        if not text.strip():
+            raise self.error(self.key(key), "must not be empty")
+        if choices and text not in choices:
+            raise self.error(self.key(key), f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    def integer(self, key: str, default: Any = _MISSING, *, minimum: int = 0) -> Any:
+        value = self.raw(key, default)
+        if value is default:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(self.key(key), f"expected an integer, got {_kind(value)}")
+        if value < minimum:
+            raise self.error(self.key(key), f"must be >= {minimum}, got {value}")
+        return value
+
+    def strings(self, key: str) -> tuple[str, ...] | None:
+        value = self.raw(key, None)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(self.key(key), f"expected a list of strings, got {_kind(value)}")
+        return tuple(value)
+
+    def section(self, key: str, allowed: tuple[str, ...]) -> _Section:
+        return _Section(self.raw(key, {}), self.key(key), self.source, allowed)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({value})"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _dns_label(sec: _Section, key: str, value: str) -> str:
+    if len(value) > _MAX_JOB_NAME or not _DNS_LABEL.match(value):
+        raise sec.error(
+            sec.key(key),
+            f"{value!r} must be a DNS-1123 label (lowercase letters, digits, '-'; at most "
+            f"{_MAX_JOB_NAME} characters): it names jobs and folders",
+        )
+    return value
+
+
+def _fields(cls: type) -> tuple[str, ...]:
+    return tuple(f.name.rstrip("_") for f in dataclasses.fields(cls))
+
+
+def _model(sec: _Section) -> ModelSpec:
+    tokens = sec.strings("tokens")
+    if tokens is not None and not tokens:
+        raise sec.error(sec.key("tokens"), "an empty list adds no tokens; leave it out for the defaults")
+    return ModelSpec(
+        source=sec.text("source"),
+        name=sec.text("name"),
+        precision=sec.text("precision", "16", choices=PRECISIONS),
+        layout=sec.text("layout", "mcore"),
+        gpus=sec.integer("gpus", 1),
+        tokens=tokens,
+        device=sec.text("device", "auto", choices=DEVICES),
+    )
+
+
+def _dataset(sec: _Section) -> DatasetSpec:
+    name = _dns_label(sec, "name", sec.text("name"))
+    shards = sec.integer("shards", 1, minimum=1)
+    return DatasetSpec(
+        name=name,
+        source=sec.text("source"),
+        from_=sec.text("from", choices=SOURCES),
+        media=sec.text("media", choices=MEDIA),
+        shards=shards,
+        parallelism=sec.integer("parallelism", None, minimum=1),
+        media_column=sec.text("media_column", None),
+        caption_column=sec.text("caption_column", None),
+        id_column=sec.text("id_column", None),
+        prompts=sec.text("prompts", None),
+        media_root=sec.text("media_root", None),
+    )
+
+
+def _kubernetes(sec: _Section) -> KubernetesSpec:
+    node_selector = sec.raw("node_selector", {})
+    if not isinstance(node_selector, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in node_selector.items()
+    ):
+        raise sec.error(sec.key("node_selector"), "expected a mapping of strings to strings")
+    tolerations = sec.raw("tolerations", [])
+    if not isinstance(tolerations, list):
+        raise sec.error(sec.key("tolerations"), f"expected a list, got {_kind(tolerations)}")
+    checked = []
+    for i, t in enumerate(tolerations):
+        tol = _Section(t, sec.key(f"tolerations[{i}]"), sec.source, _TOLERATION_KEYS)
+        item: dict[str, Any] = {k: tol.text(k, None) for k in _TOLERATION_KEYS[:-1]}
+        item["toleration_seconds"] = tol.integer("toleration_seconds", None)
+        checked.append({k: v for k, v in item.items() if v is not None})
+    namespace = _dns_label(sec, "namespace", sec.text("namespace", "default"))
+    return KubernetesSpec(
+        namespace=namespace,
+        secret=sec.text("secret", None),
+        gpu_resource=sec.text("gpu_resource", "nvidia.com/gpu"),
+        node_selector=dict(node_selector),
+        tolerations=checked,
+        service_account=sec.text("service_account", None),
+        ttl_seconds_after_finished=sec.integer("ttl_seconds_after_finished", 86400),
+        backoff_limit_per_index=sec.integer("backoff_limit_per_index", 2),
+        cpu_request=sec.text("cpu_request", "2"),
+        cpu_limit=sec.text("cpu_limit", None),
+        memory_request=sec.text("memory_request", "8Gi"),
+        memory_limit=sec.text("memory_limit", "16Gi"),
+        scratch_size=sec.text("scratch_size", "20Gi"),
+    )
+
+
+def _slurm(sec: _Section) -> SlurmSpec:
+    if isinstance(sec.data.get("time"), int | float) and not isinstance(sec.data.get("time"), bool):
+        # YAML reads an unquoted 4:00:00 as the number 14400: ask for the string Slurm expects.
+        raise sec.error(sec.key("time"), "quote it, e.g. time: '04:00:00' (YAML reads H:MM:SS as a number)")
+    return SlurmSpec(
+        partition=sec.text("partition", None),
+        account=sec.text("account", None),
+        time=sec.text("time", "04:00:00"),
+        array_parallelism=sec.integer("array_parallelism", None, minimum=1),
+        container_image=sec.text("container_image", None),
+        container_mounts=sec.text("container_mounts", None),
+        cpus_per_task=sec.integer("cpus_per_task", 4, minimum=1),
+        mem=sec.text("mem", None),
+        extra_sbatch=sec.strings("extra_sbatch") or (),
+        setup=sec.strings("setup") or (),
+        log_dir=sec.text("log_dir", "logs"),
+    )
+
+
+def parse_plan(data: object, source: str) -> Plan:
+    """Validate an already-parsed plan document; `source` names it in messages."""
+    top = _Section(data, "", source, ("name", "output", "image", "model", "datasets", "kubernetes", "slurm"))
+    name = _dns_label(top, "name", top.text("name", "neva-prep"))
+    model_data = top.data.get("model")
+    model = None if model_data is None else _model(top.section("model", _fields(ModelSpec)))
+    datasets_data = top.raw("datasets", [])
+    if not isinstance(datasets_data, list):
+        raise top.error("datasets", f"expected a list, got {_kind(datasets_data)}")
+    datasets = tuple(
+        _dataset(_Section(d, f"datasets[{i}]", source, _fields(DatasetSpec)))
+        for i, d in enumerate(datasets_data)
+    )
+    seen: set[str] = set()
+    for i, ds in enumerate(datasets):
+        if ds.name in seen:
+            raise top.error(f"datasets[{i}].name", f"duplicate dataset name {ds.name!r}")
+        seen.add(ds.name)
+        if len(f"{name}-{ds.name}") > _MAX_JOB_NAME:
+            raise top.error(
+                f"datasets[{i}].name",
+                f"job name {name}-{ds.name!r} is longer than {_MAX_JOB_NAME} characters; shorten it",
+            )
+    if model is None and not datasets:
+        raise top.error("model", "the plan has neither a model nor datasets: nothing to do")
+    return Plan(
+        output=top.text("output"),
+        image=top.text("image", "neva-prep:latest"),
+        model=model,
+        datasets=datasets,
+        kubernetes=_kubernetes(top.section("kubernetes", _fields(KubernetesSpec))),
+        slurm=_slurm(top.section("slurm", _fields(SlurmSpec))),
+        name=name,
+    )
+
+
+def load_plan(url: str) -> Plan:
+    """Read and validate a plan (local path or URL); `yaml.safe_load` only."""
+    text = storage.read_text(url)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f", line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise BadInput(f"{storage.redact(url)}{at}: not valid YAML ({problem})") from None
+    return parse_plan(data, storage.redact(url))
+
+
+# --- the one mapping onto CLI calls ----------------------------------------------------------------------
+
+
+def dataset_output(plan: Plan, ds: DatasetSpec) -> str:
+    """Where dataset `ds` lands: `OUTPUT/datasets/NAME/` (NAME.json, rejects.jsonl, stats.json)."""
+    return storage.join(plan.output, "datasets", ds.name)
+
+
+def model_argv(plan: Plan) -> list[str]:
+    """`neva-prep model SRC OUTPUT ...` for the plan's model step."""
+    m = plan.model
+    if m is None:
+        raise ValueError("the plan has no model step")
+    argv = ["neva-prep", "model", m.source, plan.output, "--name", m.name]
+    argv += ["--precision", m.precision, "--layout", m.layout]
+    for token in m.tokens or ():
+        argv += ["--token", token]
+    if m.device != "auto":
+        argv += ["--device", m.device]
+    return argv
+
+
+def shard_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
+    """`neva-prep data convert ...` for one shard; the shard index comes from the scheduler's environment
+    (JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID) or an appended `--shard-index I`."""
+    argv = ["neva-prep", "data", "convert", ds.source, dataset_output(plan, ds)]
+    argv += ["--from", ds.from_, "--media", ds.media, "--num-shards", str(ds.shards)]
+    options = (
+        ("--media-column", ds.media_column),
+        ("--caption-column", ds.caption_column),
+        ("--id-column", ds.id_column),
+        ("--prompts", ds.prompts),
+        ("--media-root", ds.media_root),
+    )
+    for flag, value in options:
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def merge_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
+    """`neva-prep data merge OUTPUT/datasets/NAME --name NAME`: fails (exit 1) until every shard finished."""
+    return ["neva-prep", "data", "merge", dataset_output(plan, ds), "--name", ds.name]
+
+
+def model_job_name(plan: Plan) -> str:
+    return f"{plan.name}-model"
+
+
+def shards_job_name(plan: Plan, ds: DatasetSpec) -> str:
+    return f"{plan.name}-{ds.name}"
+
+
+def merge_job_name(plan: Plan, ds: DatasetSpec) -> str:
+    return f"{plan.name}-{ds.name}-merge"
+
+
+def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
+    """(job name, argv) of every job in the plan, in the order they may start."""
+    if plan.model is not None:
+        yield model_job_name(plan), model_argv(plan)
+    for ds in plan.datasets:
+        yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds)
+        yield merge_job_name(plan, ds), merge_argv(plan, ds)
+
+
+def describe(plan: Plan) -> str:
+    """What `plan check` prints: the commands every launcher will run."""
+    lines = [f"plan {plan.name!r}: output {storage.redact(plan.output)}, image {plan.image}"]
+    lines += [f"  {job}: {storage.redact(shlex.join(argv))}" for job, argv in steps(plan)]
+    return "\n".join(lines)
+
+
+EXAMPLE_PLAN = """\
+# neva-prep plan: what to prepare and where it runs. Render it with
+#   neva-prep launch k8s PLAN --out k8s/      (kubectl apply -f k8s/)
+#   neva-prep launch slurm PLAN --out slurm/  (bash slurm/submit.sh)
+#   neva-prep launch local PLAN               (this machine)
+name: neva-prep                      # job name prefix (lowercase letters, digits, '-')
+output: s3://my-bucket/neva-prep     # checkpoints/, tokenizers/, datasets/NAME/ land under here
+image: nvcr.io/my-org/neva-prep:0.1.0  # built from this repo's Dockerfile (FROM the NeMo container)
+
+model:                               # HF LLaMA-2 / Vicuna -> checkpoints/NAME.nemo, tokenizers/
+  source: s3://my-bucket/hf/Llama-2-7b-chat-hf
+  name: llama-2-7b-chat
+  precision: "16"                    # 16 | bf16 | 32
+  layout: mcore
+  gpus: 1                            # 0 runs the model step on CPU
+  # tokens: ["<extra_id_0>", "<extra_id_1>"]   # default: <extra_id_0>..<extra_id_7>
+  # device: auto                     # auto | cpu | cuda
+
+datasets:                            # each: `shards` parallel conversions, then one merge
+  - name: webvid                     # -> output/datasets/webvid/webvid.json
+    source: s3://my-bucket/webvid/results_10M_train.csv
+    from: webvid                     # webvid | captions | llava
+    media: video                     # image | video
+    shards: 16
+    parallelism: 8                   # shards running at once (default: all)
+    # media_root: s3://my-bucket/webvid/videos   # reject rows whose media file is missing
+  - name: llava-pretrain
+    source: s3://my-bucket/llava/blip_laion_cc_sbu_558k.json
+    from: llava
+    media: image
+    shards: 4
+  # - name: cc3m                     # a caption table (CSV / JSONL / Parquet)
+  #   source: s3://my-bucket/cc3m/*.parquet
+  #   from: captions
+  #   media: image
+  #   media_column: key
+  #   caption_column: caption
+  #   id_column: key
+  #   prompts: llava-brief           # a prompt list shipped in the package
+
+kubernetes:
+  namespace: default
+  secret: neva-prep-s3               # Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...
+  gpu_resource: nvidia.com/gpu
+  node_selector: {}                  # e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}
+  tolerations: []                    # e.g. [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+  service_account: null
+  ttl_seconds_after_finished: 86400  # finished Jobs are deleted after a day
+  backoff_limit_per_index: 2         # retries of a failed shard (exit 2 = bad input is never retried)
+  cpu_request: "2"
+  memory_request: 8Gi
+  memory_limit: 16Gi
+  scratch_size: 20Gi                 # emptyDir mounted at /tmp
+
+slurm:
+  partition: null
+  account: null
+  time: "04:00:00"                   # quote it: YAML reads 4:00:00 as a number
+  array_parallelism: 8               # --array=0-(N-1)%8
+  container_image: null              # e.g. nvcr.io#my-org/neva-prep:0.1.0 with pyxis/enroot
+  container_mounts: null
+  cpus_per_task: 4
+  mem: 16G
+  extra_sbatch: []                   # verbatim lines, e.g. ["#SBATCH --qos=normal"]
+  setup: []                          # shell lines before each command, e.g. ["source /opt/venv/bin/activate"]
+  log_dir: logs
+"""
+
+
+def example_plan() -> str:
+    """The commented example plan `neva-prep plan init` prints."""
+    return EXAMPLE_PLAN
