@@ -67,11 +67,102 @@ def say(text: str) -> None:
 
 # --- model step: checkpoint / tokenizer / model -------------------------------------------------------
 
+
+@tokenizer_app.command("patch")
+def tokenizer_patch(
+    src: str = typer.Argument(..., help="SentencePiece model to patch (path or URL)."),
+    dst: str = typer.Argument(..., help="Where to write the patched model (path or URL)."),
+    token: list[str] | None = typer.Option(
+        None, "--token", help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>."
+    ),
+    control: bool = typer.Option(False, "--control", help="Add CONTROL pieces instead of USER_DEFINED."),
+) -> None:
+    """Append special tokens to a SentencePiece model (NeVA needs <extra_id_0>..<extra_id_7>)."""
+    from neva_prep.model.tokenizer import DEFAULT_TOKENS, patch_tokenizer
+
+    result = run(patch_tokenizer, src, dst, tokens=tuple(token or DEFAULT_TOKENS), control=control)
+    say(result.summary())
+
+
+@app.command("model")
+def model(
+    src: str = typer.Argument(..., help="Hugging Face LLaMA directory (path or URL)."),
+    out: str = typer.Argument(..., help="Output directory (path or URL)."),
+    name: str | None = typer.Option(None, "--name", help="Checkpoint name; default: SRC's basename."),
+    precision: str = typer.Option("16", "--precision", help="Output precision: 16, bf16 or 32."),
+    token: list[str] | None = typer.Option(
+        None, "--token", help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>."
+    ),
+    control: bool = typer.Option(False, "--control", help="Add CONTROL pieces instead of USER_DEFINED."),
+    layout: str = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where tensors are fused."),
+    force: bool = typer.Option(False, "--force", help="Redo even if OUT already holds a complete result."),
+) -> None:
+    """The model step: OUT/checkpoints/NAME.nemo, OUT/tokenizers/tokenizer_neva.model and, last,
+    OUT/model-manifest.json; a complete OUT for the same inputs and options is left as it is."""
+    from neva_prep.model.step import prepare_model
+    from neva_prep.model.tokenizer import DEFAULT_TOKENS
+
+    result = run(
+        prepare_model,
+        src,
+        out,
+        name=name,
+        precision=precision,
+        tokens=tuple(token or DEFAULT_TOKENS),
+        control=control,
+        layout=layout,
+        device=device,
+        force=force,
+    )
+    say(result.summary())
+
+
 # --- data step: data convert / merge / validate ---------------------------------------------------------
 
 # --- launchers: plan / launch -----------------------------------------------------------------------------
 
+
+@plan_app.command("init")
+def plan_init() -> None:
+    """Print a commented example plan (YAML) to stdout."""
+    from neva_prep.launch.plan import example_plan
+
+    typer.echo(example_plan(), nl=False)
+
+
+@plan_app.command("check")
+def plan_check(plan: str = typer.Argument(..., help="Plan file (path or URL).")) -> None:
+    """Validate a plan and print the commands every launcher will run (exit 2 when invalid)."""
+    from neva_prep.launch.plan import describe, load_plan
+
+    say(describe(run(load_plan, plan)))
+
+
+@launch_app.command("local")
+def launch_local(
+    plan: str = typer.Argument(..., help="Plan file (path or URL)."),
+    workers: int = typer.Option(0, "--workers", "-k", help="Commands run at once (default: CPU count)."),
+) -> None:
+    """Run the plan on this machine: model step and shards in parallel, each merge after its shards."""
+    from neva_prep.launch.local import run_local
+    from neva_prep.launch.plan import load_plan
+
+    result = run(run_local, run(load_plan, plan), workers or None, say)
+    say(result.summary())
+    raise typer.Exit(result.exit_code)
+
+
 # --- built-in sample ---------------------------------------------------------------------------------------
+
+
+@app.command("sample")
+def sample(directory: str = typer.Argument(..., help="Where to write the sample (a local directory).")) -> None:
+    """Write the built-in sample (tiny LLaMA, WebVid CSV, LLaVA JSON) and print its plan's path."""
+    from neva_prep.sample import write_sample
+
+    say(str(run(write_sample, directory)))
+
 
 
 def main() -> None:
