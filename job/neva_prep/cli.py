@@ -157,12 +157,11 @@ def launch_local(
 
 
 @app.command("sample")
-def sample(directory: str = typer.Argument(..., help="Where to write the sample (a local directory).")) -> None:
+def sample(directory: str = typer.Argument(..., help="A local directory to write the sample into.")) -> None:
     """Write the built-in sample (tiny LLaMA, WebVid CSV, LLaVA JSON) and print its plan's path."""
     from neva_prep.sample import write_sample
 
     say(str(run(write_sample, directory)))
-
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 import torch
+import yaml
 from safetensors.torch import save_file
 
 
@@ -168,5 +169,34 @@ def write_sample(directory: str | os.PathLike[str]) -> Path:
 
 
 def _write_plan(root: Path) -> Path:
-    """Write `root/plan.yaml` running the model step and both sample datasets into `root/output`."""
-    raise NotImplementedError  # filled in with the launchers (issue 4)
+    """Write `root/plan.yaml` running the model step and both sample datasets into `root/output`.
+
+    Paths are absolute so that the plan runs from any directory; the model step asks for no GPU so that
+    `make run` works on any machine."""
+    data = root / "input" / "data"
+    plan = {
+        "name": "neva-sample",
+        "output": str(root / "output"),
+        "image": "neva-prep:latest",
+        "model": {"source": str(root / "input" / "llama-tiny"), "name": "llama-tiny", "gpus": 0},
+        "datasets": [
+            {
+                "name": "webvid",
+                "source": str(data / "webvid.csv"),
+                "from": "webvid",
+                "media": "video",
+                "shards": 3,
+            },
+            {
+                "name": "llava",
+                "source": str(data / "llava.json"),
+                "from": "llava",
+                "media": "image",
+                "shards": 2,
+            },
+        ],
+    }
+    path = root / "plan.yaml"
+    header = "# The built-in sample plan (`neva-prep sample DIR`); run it with `neva-prep launch local`.\n"
+    path.write_text(header + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path

@@ -1,0 +1,184 @@
+"""Run a plan on this machine: the same `neva-prep` commands the schedulers run, as subprocesses.
+
+Shards run in a pool of K worker processes (a thread per worker waits on its subprocess), the model step
+alongside them; a dataset's merge starts once all its shards succeeded. Like the schedulers, the exit code
+says whether a retry can help: 2 when any command reported bad input, else 1 when any failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from neva_prep import storage
+from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from neva_prep.launch.plan import (
+    DatasetSpec,
+    Plan,
+    dataset_output,
+    merge_argv,
+    model_argv,
+    shard_argv,
+)
+
+NEVA_PREP = [sys.executable, "-m", "neva_prep.cli"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One command of the plan: `label` is what the progress lines call it."""
+
+    label: str
+    argv: list[str]
+    dataset: str | None = None  # the dataset this shard or merge belongs to
+    merge: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    task: Task
+    returncode: int
+    seconds: float
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == EXIT_OK
+
+    def line(self) -> str:
+        """One progress line: the command's own summary when it worked, its error line otherwise."""
+        if self.ok:
+            text = self.stdout.strip().splitlines()
+            return f"[{self.task.label}] ok in {self.seconds:.1f}s" + (f": {text[-1]}" if text else "")
+        # the last line that says something (usage errors come framed in box-drawing characters)
+        err = [line.strip("│╭╮╰╯─ ") for line in self.stderr.splitlines()]
+        err = [line for line in err if any(c.isalnum() for c in line)]
+        why = err[-1] if err else "(no message)"
+        return f"[{self.task.label}] FAILED (exit {self.returncode}) in {self.seconds:.1f}s: {why}"
+
+
+@dataclass
+class LocalRun:
+    """What `launch local` did: every command's outcome, and what landed in the output."""
+
+    plan: Plan
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        codes = [o.returncode for o in self.outcomes]
+        if EXIT_BAD_INPUT in codes:
+            return EXIT_BAD_INPUT
+        if any(c != EXIT_OK for c in codes) or self.skipped:
+            return EXIT_FAILED
+        return EXIT_OK
+
+    def summary(self) -> str:
+        """The final table: per dataset input rows / converted / rejected, then the model outputs."""
+        rows = [("dataset", "input rows", "converted", "rejected", "output")]
+        for ds in self.plan.datasets:
+            rows.append((ds.name, *_dataset_counts(self.plan, ds)))
+        width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, width, strict=True)).rstrip() for r in rows]
+        if self.plan.model is not None:
+            lines.append("")
+            lines += [f"model: {line}" for line in _model_outputs(self.plan)]
+        failed = [o for o in self.outcomes if not o.ok]
+        verdict = "ok" if self.exit_code == EXIT_OK else f"FAILED ({len(failed)} command(s) failed)"
+        lines.append("")
+        lines += [f"skipped: {s}" for s in self.skipped]
+        lines.append(f"{len(self.outcomes)} command(s) run, {verdict}")
+        return "\n".join(lines)
+
+
+def _dataset_counts(plan: Plan, ds: DatasetSpec) -> tuple[str, str, str, str]:
+    out = dataset_output(plan, ds)
+    stats_url = storage.join(out, "stats.json")
+    result = storage.join(out, f"{ds.name}.json")
+    if not storage.exists(stats_url) or not storage.exists(result):
+        return ("-", "-", "-", "(not merged)")
+    stats = json.loads(storage.read_text(stats_url))
+    return (
+        str(stats.get("input_rows", "?")),
+        str(stats.get("converted", "?")),
+        str(stats.get("rejected", "?")),
+        storage.redact(result),
+    )
+
+
+def _model_outputs(plan: Plan) -> list[str]:
+    assert plan.model is not None
+    found = []
+    for url in (
+        storage.join(plan.output, "checkpoints", f"{plan.model.name}.nemo"),
+        storage.join(plan.output, "tokenizers", "tokenizer_neva.model"),
+    ):
+        if storage.exists(url):
+            found.append(f"{storage.redact(url)} ({storage.size(url):,} bytes)")
+        else:
+            found.append(f"{storage.redact(url)} (missing)")
+    return found
+
+
+def tasks(plan: Plan) -> tuple[list[Task], dict[str, Task]]:
+    """The commands to start at once (model step, every shard) and each dataset's merge, run after."""
+    first: list[Task] = []
+    if plan.model is not None:
+        first.append(Task("model", model_argv(plan)))
+    merges: dict[str, Task] = {}
+    for ds in plan.datasets:
+        base = shard_argv(plan, ds)
+        for i in range(ds.shards):
+            argv = [*base, "--shard-index", str(i)]
+            first.append(Task(f"{ds.name} {i + 1}/{ds.shards}", argv, ds.name))
+        merges[ds.name] = Task(f"{ds.name} merge", merge_argv(plan, ds), ds.name, merge=True)
+    return first, merges
+
+
+def _execute(task: Task) -> Outcome:
+    argv = NEVA_PREP + task.argv[1:] if task.argv[:1] == ["neva-prep"] else task.argv
+    env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")}
+    start = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    return Outcome(task, proc.returncode, time.monotonic() - start, proc.stdout, proc.stderr)
+
+
+def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None] = print) -> LocalRun:
+    """Run every command of `plan` here, K at a time; returns their outcomes (never raises for a failure)."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    first, merges = tasks(plan)
+    remaining = {ds.name: ds.shards for ds in plan.datasets}
+    failed: set[str] = set()
+    result = LocalRun(plan)
+    echo(f"running {len(first) + len(merges)} command(s) with {workers} worker(s)")
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[Outcome]] = {pool.submit(_execute, t) for t in first}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: f.result().task.label):
+                outcome = future.result()
+                result.outcomes.append(outcome)
+                echo(outcome.line())
+                if not outcome.ok:
+                    echo(f"    command: {storage.redact(shlex.join(outcome.task.argv))}")
+                name = outcome.task.dataset
+                if name is None or outcome.task.merge:
+                    continue
+                remaining[name] -= 1
+                if not outcome.ok:
+                    failed.add(name)
+                if remaining[name] == 0:
+                    if name in failed:
+                        result.skipped.append(f"{name} merge (a shard failed)")
+                    else:
+                        pending.add(pool.submit(_execute, merges[name]))
+    return result
