@@ -1,0 +1,414 @@
+"""Slurm launcher: one plan -> sbatch scripts (model job, one array per dataset, its merge) + `submit.sh`.
+
+The scripts only run the argv lists `plan.py` builds, so a Slurm task runs exactly the command a user
+would type; the data CLI reads `SLURM_ARRAY_TASK_ID` itself. Semantics worth knowing:
+- each merge waits with `--dependency=afterok:<array>` (all tasks of the array succeeded) and is cancelled
+  by `--kill-on-invalid-dep=yes` when one failed, rather than pending forever;
+- nothing here requeues: Slurm only requeues on node failure or preemption, never on an exit code, so a
+  task that exits 2 (bad input) fails once and stays failed;
+- a killed or failed task is re-run by running `submit.sh` again (or `scontrol requeue`): finished shards
+  find their completion marker and are skipped, so re-running is always safe.
+
+`--submit` runs the rendered `submit.sh` (plain `sbatch --parsable`, not submitit) so that what Python
+submits is byte for byte what a user submits by hand, with no pickles or shared Python environment needed.
+Every plan value that reaches a script is shell-quoted; values with line breaks are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from neva_prep import storage
+from neva_prep.errors import BadInput, StepFailed
+from neva_prep.launch.plan import (
+    DatasetSpec,
+    Plan,
+    load_plan,
+    merge_argv,
+    merge_job_name,
+    model_argv,
+    model_job_name,
+    shard_argv,
+    shards_job_name,
+)
+
+SUBMIT = "submit.sh"
+MODEL_SCRIPT = "model.sbatch"
+# Job states after which a job (or array task) will not run again by itself.
+FINAL_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "TIMEOUT",
+    }
+)
+
+
+@dataclass(frozen=True)
+class SlurmJob:
+    """One rendered sbatch script; `after` names the script whose job must succeed first (afterok)."""
+
+    name: str
+    script: str
+    kind: str  # "model" | "shards" | "merge"
+    text: str
+    after: str | None = None
+
+
+def shards_script(ds: DatasetSpec) -> str:
+    return f"data-{ds.name}.sbatch"
+
+
+def merge_script(ds: DatasetSpec) -> str:
+    return f"merge-{ds.name}.sbatch"
+
+
+# --- rendering (pure) ------------------------------------------------------------------------------------
+
+
+def _one_line(value: str, what: str) -> str:
+    """Refuse line breaks: inside a `#SBATCH` comment a newline would turn the rest into shell code."""
+    if any(c in value for c in "\n\r\0"):
+        raise BadInput(f"{what}: {value!r} must be a single line to go into an sbatch script")
+    return value
+
+
+def _q(value: str, what: str) -> str:
+    return shlex.quote(_one_line(value, what))
+
+
+def _command(plan: Plan, argv: list[str], what: str) -> str:
+    prefix = ["srun", "--ntasks=1"]
+    s = plan.slurm
+    if s.container_image:
+        prefix.append("--container-image=" + _q(s.container_image, "slurm.container_image"))
+        if s.container_mounts:
+            prefix.append("--container-mounts=" + _q(s.container_mounts, "slurm.container_mounts"))
+    return " ".join(prefix + [_q(a, what) for a in argv])
+
+
+def _script(plan: Plan, *, title: str, job_name: str, log: str, options: list[str], command: str) -> str:
+    """The common shape of every script: header, #SBATCH options, strict shell, setup lines, one srun."""
+    s = plan.slurm
+    opts = [
+        f"--job-name={_q(job_name, 'name')}",
+        f"--output={_q(f'{s.log_dir}/{log}', 'slurm.log_dir')}",
+        "--open-mode=append",
+        "--nodes=1",
+        "--ntasks=1",
+        f"--cpus-per-task={s.cpus_per_task}",
+        f"--time={_q(s.time, 'slurm.time')}",
+    ]
+    if s.partition:
+        opts.append(f"--partition={_q(s.partition, 'slurm.partition')}")
+    if s.account:
+        opts.append(f"--account={_q(s.account, 'slurm.account')}")
+    if s.mem:
+        opts.append(f"--mem={_q(s.mem, 'slurm.mem')}")
+    lines = [
+        "#!/bin/bash",
+        f"# {title}",
+        "# Rendered by `neva-prep launch slurm` from plan "
+        + _q(plan.name, "name")
+        + "; submit with submit.sh.",
+    ]
+    lines += [f"#SBATCH {o}" for o in opts + options]
+    for i, extra in enumerate(s.extra_sbatch):
+        extra = _one_line(extra.strip(), f"slurm.extra_sbatch[{i}]")
+        lines.append(extra if extra.startswith("#SBATCH") else f"#SBATCH {extra}")
+    lines += ["", "set -euo pipefail"]
+    lines += [_one_line(line, f"slurm.setup[{i}]") for i, line in enumerate(s.setup)]
+    lines.append(command)
+    return "\n".join(lines) + "\n"
+
+
+def array_parallelism(plan: Plan, ds: DatasetSpec) -> int:
+    """How many tasks of a dataset's array run at once: both the dataset's `parallelism` and the plan's
+    `slurm.array_parallelism` are caps, so the smaller one wins (default: every shard at once)."""
+    caps = [ds.shards, ds.parallelism, plan.slurm.array_parallelism]
+    return min(c for c in caps if c is not None)
+
+
+def render(plan: Plan) -> tuple[SlurmJob, ...]:
+    """The sbatch scripts of a plan, in submission order (model, then per dataset: array, merge)."""
+    jobs: list[SlurmJob] = []
+    if plan.model is not None:
+        gpus = plan.model.gpus
+        name = model_job_name(plan)
+        text = _script(
+            plan,
+            title="Model step: HF LLaMA -> .nemo checkpoint + patched tokenizer.",
+            job_name=name,
+            log="%x-%j.out",
+            options=[f"--gres=gpu:{gpus}"] if gpus > 0 else [],
+            command=_command(plan, model_argv(plan), "model"),
+        )
+        jobs.append(SlurmJob(name, MODEL_SCRIPT, "model", text))
+    for i, ds in enumerate(plan.datasets):
+        what = f"datasets[{i}]"
+        parallel = array_parallelism(plan, ds)
+        name = shards_job_name(plan, ds)
+        text = _script(
+            plan,
+            title=f"Dataset {ds.name}: {ds.shards} shards, one per array task (the CLI reads "
+            "SLURM_ARRAY_TASK_ID).",
+            job_name=name,
+            log="%x-%A_%a.out",
+            options=[f"--array=0-{ds.shards - 1}%{parallel}"],
+            command=_command(plan, shard_argv(plan, ds), what),
+        )
+        jobs.append(SlurmJob(name, shards_script(ds), "shards", text))
+        name = merge_job_name(plan, ds)
+        text = _script(
+            plan,
+            title=f"Dataset {ds.name}: merge the shards once all succeeded (submit.sh adds afterok).",
+            job_name=name,
+            log="%x-%j.out",
+            options=["--kill-on-invalid-dep=yes"],
+            command=_command(plan, merge_argv(plan, ds), what),
+        )
+        jobs.append(SlurmJob(name, merge_script(ds), "merge", text, after=shards_script(ds)))
+    return tuple(jobs)
+
+
+def render_submit(plan: Plan, jobs: Iterable[SlurmJob]) -> str:
+    """`submit.sh`: sbatch every script in order, wiring each merge to its array; prints `NAME JOBID`."""
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Submit plan " + _q(plan.name, "name") + " to Slurm: the model job and every dataset's shard",
+        "# array start at once; each merge waits for all tasks of its array (afterok) and is cancelled",
+        "# if one fails. Run it from the directory the logs should go under. Re-running is safe:",
+        "# finished shards are skipped. Prints one `JOBNAME JOBID` line per job.",
+        "set -euo pipefail",
+        'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
+        "mkdir -p -- " + _q(plan.slurm.log_dir, "slurm.log_dir"),
+        "",
+        "submit() {  # submit JOBNAME SCRIPT [SBATCH-OPTION...]: sets $job to the job id",
+        "  local name=$1 script=$2",
+        "  shift 2",
+        '  job=$(sbatch --parsable "$@" "$here/$script")',
+        "  job=${job%%;*}",
+        '  echo "$name $job"',
+        "}",
+        "",
+    ]
+    var: dict[str, str] = {}
+    for n, job in enumerate(jobs):
+        deps = f" --dependency=afterok:${var[job.after]}" if job.after else ""
+        lines.append(f"submit {_q(job.name, 'name')} {_q(job.script, 'name')}{deps}")
+        if job.kind == "shards":
+            var[job.script] = f"job_{n}"
+            lines[-1] += f"; job_{n}=$job"
+    return "\n".join(lines) + "\n"
+
+
+def render_files(plan: Plan) -> dict[str, str]:
+    """File name -> content for the whole rendering (the scripts and `submit.sh`)."""
+    jobs = render(plan)
+    files = {job.script: job.text for job in jobs}
+    files[SUBMIT] = render_submit(plan, jobs)
+    return files
+
+
+# --- writing, submitting, following ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submitted:
+    name: str
+    job_id: str
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """One job or array task as `scontrol show job` reports it."""
+
+    job_id: str  # "123" or "123_4" for an array task
+    name: str
+    state: str
+    exit_code: int
+    signal: int
+    restarts: int
+    reason: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "COMPLETED" and self.exit_code == 0
+
+
+@dataclass
+class SlurmLaunch:
+    """What `neva-prep launch slurm` did: the files it wrote and, with --submit, the jobs and their ends."""
+
+    out: str
+    files: list[str]
+    submitted: list[Submitted] = field(default_factory=list)
+    final: list[TaskState] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"wrote {len(self.files)} files to {storage.redact(self.out)}: {', '.join(self.files)}"]
+        if not self.submitted:
+            lines.append(f"submit with: bash {shlex.quote(storage.join(self.out, SUBMIT))}")
+        for job in self.submitted:
+            lines.append(f"submitted {job.name}: job {job.job_id}")
+        if self.submitted and not self.final:
+            ids = ",".join(j.job_id for j in self.submitted)
+            lines.append(f"follow with: squeue -j {ids}")
+        lines += [_describe(t) for t in self.final]
+        return "\n".join(lines)
+
+
+def _describe(t: TaskState) -> str:
+    text = f"{t.name} {t.job_id}: {t.state}"
+    if not t.ok:
+        text += f" (exit {t.exit_code}" + (f", signal {t.signal}" if t.signal else "") + ")"
+        if t.exit_code == 2:
+            text += " bad input, not retried"
+        if t.reason and t.reason != "None":
+            text += f" reason {t.reason}"
+    if t.restarts:
+        text += f", restarted {t.restarts}x"
+    return text
+
+
+def write_scripts(plan: Plan, out: str) -> list[str]:
+    """Render the plan into directory `out`; `submit.sh` and the scripts are executable when local."""
+    files = render_files(plan)
+    storage.makedirs(out)
+    for name, text in files.items():
+        url = storage.join(out, name)
+        storage.write_text(url, text)
+        if storage.is_local(url):
+            os.chmod(url.removeprefix("file://"), 0o755)
+    return list(files)
+
+
+def _slurm_cmd(argv: list[str], env: Mapping[str, str] | None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(
+            argv, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}, timeout=120
+        )
+    except FileNotFoundError:
+        raise StepFailed(f"{argv[0]} not found: run this on a Slurm login node") from None
+
+
+def submit(out: str, *, cwd: str | None = None, env: Mapping[str, str] | None = None) -> list[Submitted]:
+    """Run `OUT/submit.sh` (from `cwd`: logs land there) and return the job ids it printed."""
+    if not storage.is_local(out):
+        raise BadInput(f"{storage.redact(out)}: --submit needs a local directory (sbatch reads local files)")
+    done = subprocess.run(
+        ["bash", str(Path(out.removeprefix("file://")) / SUBMIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=300,
+    )
+    jobs = [Submitted(*line.split()) for line in done.stdout.splitlines() if len(line.split()) == 2]
+    if done.returncode != 0:
+        already = ", ".join(f"{j.name}={j.job_id}" for j in jobs) or "none"
+        err = done.stderr.strip().splitlines()
+        raise StepFailed(
+            f"submit.sh failed: {err[-1] if err else done.returncode} (already submitted: {already})"
+        )
+    return jobs
+
+
+_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def job_states(job_id: str, env: Mapping[str, str] | None = None) -> list[TaskState]:
+    """Every task of a job (one for a plain job, one per array task) as `scontrol show job` sees it.
+
+    Accounting (sacct) needs slurmdbd, which many clusters and our test cluster lack; scontrol keeps
+    finished jobs for MinJobAge seconds (300 by default), long enough to follow a run."""
+    done = _slurm_cmd(["scontrol", "show", "job", "-o", job_id], env)
+    if done.returncode != 0:
+        raise StepFailed(f"scontrol show job {job_id}: {done.stderr.strip() or done.returncode}")
+    states = []
+    for line in done.stdout.splitlines():
+        f = dict(_FIELD.findall(line))
+        if "JobId" not in f:
+            continue
+        task = f.get("ArrayTaskId")
+        jid = f"{f['ArrayJobId']}_{task}" if task and task != "N/A" else f["JobId"]
+        code, _, sig = f.get("ExitCode", "0:0").partition(":")
+        states.append(
+            TaskState(
+                job_id=jid,
+                name=f.get("JobName", ""),
+                state=f.get("JobState", "UNKNOWN"),
+                exit_code=int(code or 0),
+                signal=int(sig or 0),
+                restarts=int(f.get("Restarts", "0") or 0),
+                reason=f.get("Reason", ""),
+            )
+        )
+    return states
+
+
+def wait(
+    job_ids: Iterable[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    poll: float = 1.0,
+    on_change: Callable[[TaskState], None] | None = None,
+) -> list[TaskState]:
+    """Poll until every task of `job_ids` reached a final state; return them all."""
+    ids = list(job_ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[str, str] = {}
+    while True:
+        states = [t for jid in ids for t in job_states(jid, env)]
+        for t in states:
+            if on_change and seen.get(t.job_id) != t.state:
+                on_change(t)
+            seen[t.job_id] = t.state
+        if states and all(t.state in FINAL_STATES for t in states):
+            return states
+        if deadline is not None and time.monotonic() > deadline:
+            pending = [f"{t.job_id}={t.state}" for t in states if t.state not in FINAL_STATES]
+            raise StepFailed(f"timed out waiting for Slurm jobs: {', '.join(pending)}")
+        time.sleep(poll)
+
+
+def launch_slurm(
+    plan_url: str,
+    out: str,
+    *,
+    submit_jobs: bool = False,
+    follow: bool = False,
+    on_change: Callable[[TaskState], None] | None = None,
+) -> SlurmLaunch:
+    """`neva-prep launch slurm`: render, optionally submit, optionally wait for the end.
+
+    With `follow`, a failed task makes the launch fail: exit 2 when one exited 2 (bad input), else 1."""
+    plan = load_plan(plan_url)
+    result = SlurmLaunch(out=out, files=write_scripts(plan, out))
+    if not (submit_jobs or follow):
+        return result
+    result.submitted = submit(out)
+    if follow:
+        result.final = wait([j.job_id for j in result.submitted], on_change=on_change)
+        failed = [t for t in result.final if not t.ok]
+        if failed:
+            report = "; ".join(_describe(t) for t in failed)
+            if any(t.exit_code == 2 for t in failed):
+                raise BadInput(f"Slurm tasks failed on bad input: {report}")
+            raise StepFailed(f"Slurm tasks failed: {report} (re-run submit.sh: finished shards are skipped)")
+    return result
