@@ -153,6 +153,23 @@ def launch_local(
     raise typer.Exit(result.exit_code)
 
 
+@launch_app.command("slurm")
+def launch_slurm(
+    plan: str = typer.Argument(..., help="Plan file (path or URL)."),
+    out: str = typer.Option(..., "--out", "-o", help="Directory for the sbatch scripts and submit.sh."),
+    submit: bool = typer.Option(False, "--submit", help="Submit with the rendered submit.sh; print job ids."),
+    wait: bool = typer.Option(False, "--wait", help="With --submit: follow the jobs to the end and report."),
+) -> None:
+    """Render sbatch scripts (model job, an array per dataset, its merge) and submit.sh; optionally submit."""
+    from neva_prep.launch.slurm import TaskState
+    from neva_prep.launch.slurm import launch_slurm as launch
+
+    def progress(task: TaskState) -> None:
+        say(f"  {task.name} {task.job_id}: {task.state}")
+
+    say(run(launch, plan, out, submit_jobs=submit or wait, follow=wait, on_change=progress).summary())
+
+
 # --- built-in sample ---------------------------------------------------------------------------------------
 
 
