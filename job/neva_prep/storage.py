@@ -101,6 +101,21 @@ def listdir(url: str) -> list[str]:
     return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
 
+def entries(url: str) -> dict[str, dict[str, Any]]:
+    """Files directly under `url`, by name, with the store's metadata (``size``, and ``mtime`` locally or
+    ``ETag`` on object stores): one listing call, cheap enough to fingerprint a source before reading it."""
+    fs = filesystem(url)
+    try:
+        found = fs.ls(_path(url, fs), detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {
+        posixpath.basename(str(e["name"]).rstrip("/")): dict(e)
+        for e in sorted(found, key=lambda e: str(e["name"]))
+        if e.get("type") == "file"
+    }
+
+
 def glob(pattern: str) -> list[str]:
     """Expand a glob into sorted URLs (local paths stay paths); a plain path expands to itself."""
     fs = filesystem(pattern)
