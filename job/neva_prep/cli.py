@@ -120,6 +120,94 @@ def model(
 
 # --- data step: data convert / merge / validate ---------------------------------------------------------
 
+
+@data_app.command("convert")
+def data_convert(
+    src: str = typer.Argument(..., help="Input file, URL or glob (s3://bucket/webvid/*.csv)."),
+    dst: str = typer.Argument(..., help="Output folder or URL; shards go to DST/shards/, the merge to DST/."),
+    source_format: str = typer.Option(..., "--from", help="Input format: webvid, captions or llava."),
+    media: str = typer.Option(..., "--media", help="Records to make: image (NeVA) or video (VideoNeVA)."),
+    num_shards: int = typer.Option(1, "--num-shards", help="Number of shards the input is split into."),
+    shard_index: int | None = typer.Option(
+        None,
+        "--shard-index",
+        help="This shard (0-based). Default: $JOB_COMPLETION_INDEX, then $SLURM_ARRAY_TASK_ID, else 0.",
+    ),
+    media_column: str | None = typer.Option(None, "--media-column", help="captions: the media path column."),
+    caption_column: str | None = typer.Option(None, "--caption-column", help="captions: the caption column."),
+    id_column: str | None = typer.Option(
+        None, "--id-column", help="captions: the id column (default: path stem)."
+    ),
+    prompts: str | None = typer.Option(None, "--prompts", help="captions: prompt list name or URL."),
+    media_root: str | None = typer.Option(
+        None,
+        "--media-root",
+        help="Reject rows whose media file is not under this folder/URL (one listing per dir).",
+    ),
+    force: bool = typer.Option(False, "--force", help="Redo the shard even if it finished before."),
+) -> None:
+    """Convert one shard of SRC into NeVA / VideoNeVA records under DST (then run `data merge`)."""
+    from neva_prep.data.convert import convert_shard, shard_index_from_env
+    from neva_prep.data.records import ConvertOptions
+
+    options = ConvertOptions(
+        source_format=source_format,
+        media=media,
+        media_column=media_column,
+        caption_column=caption_column,
+        id_column=id_column,
+        prompts=prompts,
+    )
+    index = shard_index if shard_index is not None else run(shard_index_from_env)
+    result = run(
+        convert_shard,
+        src,
+        dst,
+        options=options,
+        num_shards=num_shards,
+        shard_index=index,
+        media_root=media_root,
+        force=force,
+    )
+    say(result.summary())
+
+
+@data_app.command("merge")
+def data_merge(
+    dst: str = typer.Argument(..., help="The DST of `data convert`."),
+    name: str = typer.Option(..., "--name", help="Dataset name: the output is DST/NAME.json."),
+    num_shards: int | None = typer.Option(
+        None,
+        "--num-shards",
+        help="Shard count to merge (only needed if DST holds runs with different counts).",
+    ),
+) -> None:
+    """Merge every finished shard into DST/NAME.json, DST/rejects.jsonl and DST/stats.json."""
+    from neva_prep.data.merge import merge_shards
+
+    say(run(merge_shards, dst, name=name, num_shards=num_shards).summary())
+
+
+@data_app.command("validate")
+def data_validate(
+    file: str = typer.Argument(..., help="A NeVA / VideoNeVA JSON array (or JSONL) file or URL."),
+    media: str = typer.Option(..., "--media", help="image (NeVA) or video (VideoNeVA)."),
+    media_root: str | None = typer.Option(
+        None, "--media-root", help="Check that every media file exists here."
+    ),
+    report: str | None = typer.Option(
+        None, "--report", help="Write one JSON line per invalid record here (default: stdout)."
+    ),
+) -> None:
+    """Check every record of FILE; exit 0 if all are valid, 1 if any is invalid, 2 if unreadable."""
+    from neva_prep.data.validate import validate_file
+
+    result = run(validate_file, file, media=media, media_root=media_root, report=report)
+    say(result.summary())
+    if not result.ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
 # --- launchers: plan / launch -----------------------------------------------------------------------------
 
 

@@ -1,0 +1,243 @@
+"""`data convert`: one shard of the input -> its records, rejects, stats and completion marker.
+
+A shard reads only its splits (`sources.splits_for_shard`), one row at a time, and streams three files
+into its folder (`shards.py` has the layout). Nothing is decided across shards here: duplicate ids are
+found by the merge, which sees every shard in source order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import orjson
+
+from neva_prep import storage
+from neva_prep.data import shards
+from neva_prep.data.media import MediaRoot
+from neva_prep.data.records import ConvertOptions, RecordError, encode_record, media_paths, record_builder
+from neva_prep.data.sources import Split, expand_sources, read_split, splits_for_shard
+from neva_prep.data.stats import Lengths, record_lengths, sorted_counts
+from neva_prep.errors import BadInput
+from neva_prep.progress import Reporter
+
+CRASH_ENV = "NEVA_PREP_TEST_CRASH_AFTER_ROWS"
+"""Test hook: when set to K, the process dies (`os._exit(137)`, like a SIGKILL) after reading K rows,
+with its temporary files half-written. Used by the resume tests; never set it in production."""
+
+_FLUSH_ROWS = 4096
+_PROGRESS_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """What one shard did (or found already done)."""
+
+    directory: str
+    shard_index: int
+    num_shards: int
+    input_rows: int
+    converted: int
+    rejected: int
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    skipped: bool = False
+
+    def summary(self) -> str:
+        head = f"shard {self.shard_index} of {self.num_shards}"
+        if self.skipped:
+            head += " already done (skipped; --force to redo)"
+        line = (
+            f"{head}: {self.input_rows} input rows, {self.converted} converted, {self.rejected} rejected"
+            f" -> {storage.redact(self.directory)}"
+        )
+        if self.rejected_by_reason:
+            line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
+        return line
+
+    @classmethod
+    def from_stats(cls, directory: str, stats: dict[str, Any], *, skipped: bool) -> ShardResult:
+        return cls(
+            directory=directory,
+            shard_index=stats["shard_index"],
+            num_shards=stats["num_shards"],
+            input_rows=stats["input_rows"],
+            converted=stats["converted"],
+            rejected=stats["rejected"],
+            rejected_by_reason=stats["rejected_by_reason"],
+            skipped=skipped,
+        )
+
+
+def shard_index_from_env(environ: dict[str, str] | None = None) -> int:
+    """The array index of this task: Kubernetes Indexed Jobs, then Slurm job arrays, else 0."""
+    env = os.environ if environ is None else environ
+    for name in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID"):
+        value = env.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise BadInput(f"${name}={value!r} is not a shard index (an integer)") from None
+    return 0
+
+
+def convert_shard(
+    source: str,
+    destination: str,
+    *,
+    options: ConvertOptions,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    media_root: str | None = None,
+    force: bool = False,
+) -> ShardResult:
+    """Convert shard `shard_index` of `num_shards` of `source` (a file, URL or glob) under `destination`."""
+    if num_shards < 1:
+        raise BadInput(f"--num-shards must be at least 1, got {num_shards}")
+    if not 0 <= shard_index < num_shards:
+        raise BadInput(
+            f"--shard-index {shard_index} is out of range for --num-shards {num_shards} (0..{num_shards - 1})"
+        )
+    sources = expand_sources(source)
+    splits = splits_for_shard(sources, options.source_format, num_shards, shard_index)
+    directory = shards.shard_dir(destination, shard_index, num_shards)
+    marker = shards.Marker(
+        fingerprint=shards.fingerprint(sources, options.source_format, options, media_root, num_shards),
+        shard_index=shard_index,
+        num_shards=num_shards,
+        splits=[shards.split_json(s) for s in splits],
+    )
+    if not force and shards.read_marker(directory) == marker:
+        return ShardResult.from_stats(directory, shards.read_stats(directory), skipped=True)
+
+    # A re-run first withdraws the old marker: a crash from here on must not leave "done" over new files.
+    storage.remove(storage.join(directory, shards.DONE))
+    storage.makedirs(directory)
+    stats = _write_shard(directory, splits, options, media_root, shard_index, num_shards)
+    storage.write_bytes(storage.join(directory, shards.STATS), _json_file(stats))
+    storage.write_bytes(storage.join(directory, shards.DONE), marker.to_bytes())
+    return ShardResult.from_stats(directory, stats, skipped=False)
+
+
+def _json_file(data: dict[str, Any]) -> bytes:
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+class _Out:
+    """A buffered append-only stream that knows its length (for the per-split byte ranges)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f = f
+        self.pos = 0
+        self.buf: list[bytes] = []
+
+    def add(self, data: bytes) -> None:
+        self.buf.append(data)
+        self.pos += len(data)
+
+    def flush(self) -> None:
+        if self.buf:
+            self.f.write(b"".join(self.buf))
+            self.buf.clear()
+
+
+def _write_shard(
+    directory: str,
+    splits: list[Split],
+    options: ConvertOptions,
+    media_root: str | None,
+    shard_index: int,
+    num_shards: int,
+) -> dict[str, Any]:
+    media = MediaRoot(media_root) if media_root else None
+    crash_after = int(os.environ.get(CRASH_ENV) or 0)
+    reasons: Counter[str] = Counter()
+    lengths = Lengths()
+    split_stats: list[dict[str, Any]] = []
+    total_rows = total_converted = total_rejected = 0
+    build = record_builder(options)
+    pack = shards.INDEX_ENTRY.pack
+    id_hash = shards.id_hash
+    label = f"data convert shard {shard_index}/{num_shards}"
+
+    with ExitStack() as stack:
+        records = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.RECORDS))))
+        index = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.INDEX))))
+        rejects = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.REJECTS))))
+        progress = stack.enter_context(Reporter(label, None, unit="rows"))
+        for ordinal, split in enumerate(splits):
+            rows = converted = rejected = 0
+            records_start, rejects_start, index_start = records.pos, rejects.pos, total_converted
+            source = storage.redact(split.source)
+            for row in read_split(split, options.source_format, options):
+                rows += 1
+                try:
+                    record = build(row)
+                    if media is not None:
+                        media.check(media_paths(record, options.media), options.media)
+                except RecordError as exc:
+                    rejected += 1
+                    reasons[exc.reason] += 1
+                    rejects.add(
+                        orjson.dumps(
+                            {
+                                "source": source,
+                                "split": ordinal,
+                                "split_row": row.split_row,
+                                "reason": exc.reason,
+                                "detail": exc.detail,
+                                "input": row.raw,
+                            }
+                        )
+                        + b"\n"
+                    )
+                else:
+                    converted += 1
+                    record_turns, human, gpt = record_lengths(record)
+                    lengths.add(record_turns, human, gpt)
+                    records.add(encode_record(record) + b"\n")
+                    index.add(pack(id_hash(record.get("id")), row.split_row, record_turns, human, gpt))
+                if rows % _FLUSH_ROWS == 0:
+                    records.flush()
+                    index.flush()
+                    rejects.flush()
+                if rows % _PROGRESS_ROWS == 0:
+                    progress.advance(_PROGRESS_ROWS)
+                if crash_after and total_rows + rows >= crash_after:
+                    for out in (records, index, rejects):
+                        out.flush()
+                        out.f.flush()
+                    os._exit(137)
+            records.flush()
+            index.flush()
+            rejects.flush()
+            total_rows += rows
+            total_converted += converted
+            total_rejected += rejected
+            split_stats.append(
+                {
+                    **shards.split_json(split),
+                    "rows": rows,
+                    "converted": converted,
+                    "rejected": rejected,
+                    "records_offset": records_start,
+                    "records_bytes": records.pos - records_start,
+                    "index_offset": index_start,
+                    "rejects_offset": rejects_start,
+                    "rejects_bytes": rejects.pos - rejects_start,
+                }
+            )
+    assert total_rows == total_converted + total_rejected
+    return {
+        "shard_index": shard_index,
+        "num_shards": num_shards,
+        "input_rows": total_rows,
+        "converted": total_converted,
+        "rejected": total_rejected,
+        "rejected_by_reason": sorted_counts(reasons),
+        "lengths": lengths.to_json(),
+        "splits": split_stats,
+    }

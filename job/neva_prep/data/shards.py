@@ -1,0 +1,132 @@
+"""Where a shard's files live under the destination, and what its completion marker says.
+
+Layout (one folder per shard; the merge reads nothing else)::
+
+    DST/shards/00003-of-00008/
+        records.jsonl   converted records, one canonical JSON object per line, in source order
+        index.bin       one `INDEX` entry per record: id hash, row within its split, lengths
+        rejects.jsonl   rejected rows: source, split, split_row, reason, detail, input
+        stats.json      counts, per-split figures and byte ranges, length statistics
+        DONE            the completion marker, written LAST: fingerprint of inputs and options
+
+Each file is written atomically (temporary name, then rename; aborted multipart upload on S3), so a
+killed shard leaves no `DONE` and its leftovers never count; a re-run rewrites the whole folder. A shard
+whose `DONE` records the same fingerprint and splits is skipped on re-run (datatrove's `completions/`,
+img2dataset's `_stats.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import struct
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from neva_prep import storage
+from neva_prep.data.sources import Split
+from neva_prep.errors import StepFailed
+
+LAYOUT_VERSION = 1
+SHARDS_DIR = "shards"
+RECORDS = "records.jsonl"
+INDEX = "index.bin"
+REJECTS = "rejects.jsonl"
+STATS = "stats.json"
+DONE = "DONE"
+
+INDEX_ENTRY = struct.Struct("<QIIII")
+"""Per converted record: 8-byte id hash, 1-based row within its split, turns, human chars, gpt chars."""
+
+_SHARD_DIR = re.compile(r"^(\d{5,})-of-(\d{5,})$")
+
+
+def shard_name(shard_index: int, num_shards: int) -> str:
+    return f"{shard_index:05d}-of-{num_shards:05d}"
+
+
+def shard_dir(destination: str, shard_index: int, num_shards: int) -> str:
+    return storage.join(destination, SHARDS_DIR, shard_name(shard_index, num_shards))
+
+
+def id_hash(record_id: Any) -> int:
+    """A stable 64-bit hash of an id (its JSON form: `1` and `"1"` differ).
+
+    The merge keeps only these hashes to find duplicate ids (8 bytes of payload per record instead of
+    the ids themselves); two different ids collide with probability ~n²/2⁶⁵ (about 3e-6 for 10M ids).
+    """
+    digest = hashlib.blake2b(orjson.dumps(record_id), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def fingerprint(sources: list[str], fmt: str, options: Any, media_root: str | None, num_shards: int) -> str:
+    """What every shard of one run shares: inputs, format, options, media root, shard count."""
+    payload = {
+        "version": LAYOUT_VERSION,
+        "sources": [storage.redact(s) for s in sources],
+        "format": fmt,
+        "options": asdict(options),
+        "media_root": storage.redact(media_root) if media_root else None,
+        "num_shards": num_shards,
+    }
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def split_json(split: Split) -> dict[str, Any]:
+    return {
+        "source": storage.redact(split.source),
+        "file_index": split.file_index,
+        "start": split.start,
+        "end": split.end,
+    }
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The contents of `DONE`."""
+
+    fingerprint: str
+    shard_index: int
+    num_shards: int
+    splits: list[dict[str, Any]]
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
+
+
+def read_marker(directory: str) -> Marker | None:
+    """The shard's marker, or None when the shard has not finished (or its marker is unreadable)."""
+    url = storage.join(directory, DONE)
+    if not storage.exists(url):
+        return None
+    try:
+        data = orjson.loads(storage.read_bytes(url))
+        return Marker(
+            fingerprint=data["fingerprint"],
+            shard_index=data["shard_index"],
+            num_shards=data["num_shards"],
+            splits=data["splits"],
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+
+
+def read_stats(directory: str) -> dict[str, Any]:
+    url = storage.join(directory, STATS)
+    try:
+        data: dict[str, Any] = orjson.loads(storage.read_bytes(url))
+    except orjson.JSONDecodeError as exc:
+        raise StepFailed(f"{storage.redact(url)}: unreadable shard stats ({exc}); re-run the shard") from None
+    return data
+
+
+def shard_counts(destination: str) -> dict[int, list[int]]:
+    """{num_shards: [shard indexes with a folder]} for the shard folders under `destination`."""
+    found: dict[int, list[int]] = {}
+    for name in storage.listdir(storage.join(destination, SHARDS_DIR)):
+        m = _SHARD_DIR.match(name)
+        if m:
+            found.setdefault(int(m.group(2)), []).append(int(m.group(1)))
+    return {n: sorted(ix) for n, ix in sorted(found.items())}
