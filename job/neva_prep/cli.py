@@ -241,6 +241,25 @@ def launch_local(
     raise typer.Exit(result.exit_code)
 
 
+@launch_app.command("k8s")
+def launch_k8s(
+    plan: str = typer.Argument(..., help="Plan file (path or URL)."),
+    out: str = typer.Option(..., "--out", help="Directory for the rendered manifests."),
+    apply: bool = typer.Option(False, "--apply", help="Create the Jobs (kubeconfig or in-cluster account)."),
+    wait: bool = typer.Option(False, "--wait", help="With --apply: follow the Jobs until they finish."),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between status polls with --wait."),
+) -> None:
+    """Render the plan as Kubernetes Jobs (model, Indexed shards, merge); optionally create and follow them."""
+    from neva_prep.launch import k8s
+    from neva_prep.launch.plan import load_plan
+
+    result = run(
+        k8s.launch_k8s, run(load_plan, plan), out, do_apply=apply, do_wait=wait, interval=interval, echo=say
+    )
+    say(result.summary())
+    raise typer.Exit(result.exit_code)
+
+
 @launch_app.command("slurm")
 def launch_slurm(
     plan: str = typer.Argument(..., help="Plan file (path or URL)."),
@@ -255,7 +274,11 @@ def launch_slurm(
     def progress(task: TaskState) -> None:
         say(f"  {task.name} {task.job_id}: {task.state}")
 
-    say(run(launch, plan, out, submit_jobs=submit or wait, follow=wait, on_change=progress).summary())
+    result = run(launch, plan, out, submit_jobs=submit or wait, follow=wait, on_change=progress)
+    say(result.summary())
+    if result.exit_code:
+        typer.echo(f"neva-prep: error: {result.error()}", err=True)
+        raise typer.Exit(result.exit_code)
 
 
 # --- built-in sample ---------------------------------------------------------------------------------------

@@ -385,8 +385,18 @@ def shard_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
 
 
 def merge_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
-    """`neva-prep data merge OUTPUT/datasets/NAME --name NAME`: fails (exit 1) until every shard finished."""
-    return ["neva-prep", "data", "merge", dataset_output(plan, ds), "--name", ds.name]
+    """`neva-prep data merge OUTPUT/datasets/NAME --name NAME --num-shards N`: exits 1 until every shard
+    finished (the schedulers' retry gating relies on it); the shard count ignores shards of older runs."""
+    return [
+        "neva-prep",
+        "data",
+        "merge",
+        dataset_output(plan, ds),
+        "--name",
+        ds.name,
+        "--num-shards",
+        str(ds.shards),
+    ]
 
 
 def model_job_name(plan: Plan) -> str:

@@ -1,0 +1,404 @@
+"""Render a plan as Kubernetes Jobs (official client models), and optionally create and follow them.
+
+One Job per step: the model step (with a GPU when the plan asks for one); per dataset an Indexed Job whose
+index K runs shard K (`JOB_COMPLETION_INDEX`), and a merge Job. Exit code 2 (bad input) fails a shard's
+index (or the model/merge Job) at once through `podFailurePolicy`; node disruptions are not counted.
+
+Kubernetes has no Job dependencies, so the merge is gated by the merge command itself: `data merge` exits 1
+("N shards not finished") until every shard wrote its completion marker, and the merge Job's `backoffLimit`
+retries it with the Job controller's exponential back-off (10 s doubling, capped at 6 minutes). No init
+container, no RBAC, no extra command: `kubectl apply -f DIR` alone runs the plan to completion.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from kubernetes import client
+
+from neva_prep import storage
+from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, StepFailed
+from neva_prep.launch.plan import (
+    DatasetSpec,
+    Plan,
+    merge_argv,
+    merge_job_name,
+    model_argv,
+    model_job_name,
+    shard_argv,
+    shards_job_name,
+)
+
+CONTAINER = "neva-prep"
+SCRATCH = "/tmp"
+UID = 1000
+# (10+20+40+80+160+320 s) + 34 x 360 s: the merge waits about 3.5 hours for its shards before giving up.
+MERGE_BACKOFF_LIMIT = 40
+KUSTOMIZATION = "Kustomization"  # kustomize's extension-less name: `kubectl apply -f DIR` skips it
+
+GATING_NOTE = (
+    "The merge starts with the shards and exits 1 until every shard wrote its completion marker; "
+    "backoffLimit retries it with exponential back-off (up to 6 min apart), so `kubectl apply -f DIR` "
+    "alone runs the plan to completion. Exit 2 (bad input) fails it at once."
+)
+
+
+def _labels(plan: Plan, component: str, ds: DatasetSpec | None = None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": "neva-prep",
+        "app.kubernetes.io/instance": plan.name,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/managed-by": "neva-prep",
+    }
+    if ds is not None:
+        labels["neva-prep/dataset"] = ds.name
+    return labels
+
+
+def _failure_policy(action: str) -> client.V1PodFailurePolicy:
+    """Exit 2 means a retry cannot help: `action` (FailIndex / FailJob) at once; disruptions never count."""
+    return client.V1PodFailurePolicy(
+        rules=[
+            client.V1PodFailurePolicyRule(
+                action=action,
+                on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT]
+                ),
+            ),
+            client.V1PodFailurePolicyRule(
+                action="Ignore",
+                on_pod_conditions=[
+                    client.V1PodFailurePolicyOnPodConditionsPattern(type="DisruptionTarget", status="True")
+                ],
+            ),
+        ]
+    )
+
+
+def _container(plan: Plan, argv: list[str], gpus: int, env: list[client.V1EnvVar]) -> client.V1Container:
+    k = plan.kubernetes
+    requests = {"cpu": k.cpu_request, "memory": k.memory_request}
+    limits: dict[str, str] = {}
+    if k.cpu_limit:
+        limits["cpu"] = k.cpu_limit
+    if k.memory_limit:
+        limits["memory"] = k.memory_limit
+    if gpus > 0:
+        limits[k.gpu_resource] = str(gpus)
+    base_env = [
+        client.V1EnvVar(name="TMPDIR", value=SCRATCH),
+        client.V1EnvVar(name="HOME", value=SCRATCH),
+        client.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+    ]
+    return client.V1Container(
+        name=CONTAINER,
+        image=plan.image,
+        image_pull_policy="IfNotPresent",
+        command=[argv[0]],
+        args=argv[1:],
+        env=base_env + env,
+        env_from=(
+            [client.V1EnvFromSource(secret_ref=client.V1SecretEnvSource(name=k.secret))] if k.secret else None
+        ),
+        resources=client.V1ResourceRequirements(requests=requests, limits=limits or None),
+        security_context=client.V1SecurityContext(
+            allow_privilege_escalation=False,
+            read_only_root_filesystem=True,
+            run_as_non_root=True,
+            run_as_user=UID,
+            run_as_group=UID,
+            capabilities=client.V1Capabilities(drop=["ALL"]),
+            seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        volume_mounts=[client.V1VolumeMount(name="scratch", mount_path=SCRATCH)],
+    )
+
+
+def _job(
+    plan: Plan,
+    name: str,
+    component: str,
+    argv: list[str],
+    *,
+    ds: DatasetSpec | None = None,
+    gpus: int = 0,
+    indexed: bool = False,
+    annotations: dict[str, str] | None = None,
+) -> client.V1Job:
+    k = plan.kubernetes
+    labels = _labels(plan, component, ds)
+    env = []
+    if indexed:  # Kubernetes injects it too; explicit so the shard index never depends on that
+        env.append(
+            client.V1EnvVar(
+                name="JOB_COMPLETION_INDEX",
+                value_from=client.V1EnvVarSource(
+                    field_ref=client.V1ObjectFieldSelector(
+                        field_path="metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                    )
+                ),
+            )
+        )
+    pod = client.V1PodSpec(
+        restart_policy="Never",
+        automount_service_account_token=False,
+        service_account_name=k.service_account,
+        node_selector=dict(k.node_selector) or None,
+        tolerations=[client.V1Toleration(**t) for t in k.tolerations] or None,
+        security_context=client.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=UID,
+            run_as_group=UID,
+            fs_group=UID,
+            seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        containers=[_container(plan, argv, gpus, env)],
+        volumes=[
+            client.V1Volume(
+                name="scratch", empty_dir=client.V1EmptyDirVolumeSource(size_limit=k.scratch_size)
+            )
+        ],
+    )
+    spec = client.V1JobSpec(
+        ttl_seconds_after_finished=k.ttl_seconds_after_finished,
+        # a retry starts only once the failed pod is gone: never two writers for one shard
+        pod_replacement_policy="Failed",
+        template=client.V1PodTemplateSpec(metadata=client.V1ObjectMeta(labels=labels), spec=pod),
+    )
+    if indexed:
+        assert ds is not None
+        spec.completion_mode = "Indexed"
+        spec.completions = ds.shards
+        spec.parallelism = ds.max_parallel
+        spec.backoff_limit_per_index = k.backoff_limit_per_index
+        spec.pod_failure_policy = _failure_policy("FailIndex")
+    else:
+        spec.completions = 1
+        spec.parallelism = 1
+        spec.backoff_limit = MERGE_BACKOFF_LIMIT if component == "merge" else k.backoff_limit_per_index
+        spec.pod_failure_policy = _failure_policy("FailJob")
+    return client.V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        metadata=client.V1ObjectMeta(
+            name=name, namespace=k.namespace, labels=labels, annotations=annotations or None
+        ),
+        spec=spec,
+    )
+
+
+def jobs(plan: Plan) -> list[client.V1Job]:
+    """Every Job of the plan: the model step, then per dataset its shards and its merge."""
+    out = []
+    if plan.model is not None:
+        out.append(_job(plan, model_job_name(plan), "model", model_argv(plan), gpus=plan.model.gpus))
+    for ds in plan.datasets:
+        out.append(_job(plan, shards_job_name(plan, ds), "shards", shard_argv(plan, ds), ds=ds, indexed=True))
+        out.append(
+            _job(
+                plan,
+                merge_job_name(plan, ds),
+                "merge",
+                merge_argv(plan, ds),
+                ds=ds,
+                annotations={"neva-prep/gating": GATING_NOTE},
+            )
+        )
+    return out
+
+
+def to_dict(job: client.V1Job) -> dict[str, Any]:
+    """The manifest as `kubectl` reads it (camelCase keys, no nulls)."""
+    data: dict[str, Any] = client.ApiClient().sanitize_for_serialization(job)
+    return data
+
+
+def job_name(job: client.V1Job) -> str:
+    assert job.metadata is not None
+    return str(job.metadata.name)
+
+
+def _component(job: client.V1Job) -> str:
+    assert job.metadata is not None and job.metadata.labels is not None
+    return str(job.metadata.labels["app.kubernetes.io/component"])
+
+
+def _header(job: client.V1Job) -> str:
+    component = _component(job)
+    lines = [f"# {job_name(job)}: rendered by `neva-prep launch k8s` from the plan; edit the plan instead."]
+    if component == "shards":
+        lines.append("# Index K runs shard K (JOB_COMPLETION_INDEX); exit 2 (bad input) fails that index.")
+    elif component == "merge":
+        lines += [
+            "# Gating: this Job starts with the shards; `data merge` exits 1 until every shard wrote its",
+            "# completion marker, and backoffLimit retries it with exponential back-off (10 s doubling, at",
+            "# most 6 min apart; about 3.5 h in all), so `kubectl apply -f DIR` alone runs the plan through.",
+            "# Exit 2 (bad input) fails it at once.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render(plan: Plan) -> dict[str, str]:
+    """File name -> YAML text: one file per Job, plus a `Kustomization` (for `kubectl apply -k`)."""
+    files: dict[str, str] = {}
+    for job in jobs(plan):
+        body = yaml.safe_dump(to_dict(job), sort_keys=True, default_flow_style=False, allow_unicode=True)
+        files[f"{job_name(job)}.yaml"] = _header(job) + body
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": sorted(files),
+    }
+    files[KUSTOMIZATION] = (
+        "# `kubectl apply -k DIR` reads this; `kubectl apply -f DIR` ignores it (no .yaml extension).\n"
+        + yaml.safe_dump(kustomization, sort_keys=True)
+    )
+    return dict(sorted(files.items()))
+
+
+@dataclass
+class K8sLaunch:
+    """What `launch k8s` did: the files it wrote, the Jobs it created, and how they ended."""
+
+    out: str
+    files: list[str]
+    created: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    final: dict[str, str] = field(default_factory=dict)  # job -> Complete / Failed (reason)
+    exit_code: int = EXIT_OK
+
+    def summary(self) -> str:
+        lines = [f"wrote {len(self.files)} file(s) to {storage.redact(self.out)}: {', '.join(self.files)}"]
+        if self.created or self.existing:
+            lines.append(f"created {len(self.created)} job(s): {', '.join(self.created) or '-'}")
+        if self.existing:
+            lines.append(f"already there (left as they are): {', '.join(self.existing)}")
+        lines += [f"  {name}: {state}" for name, state in self.final.items()]
+        if not self.created and not self.existing:
+            lines.append(f"apply them with: kubectl apply -f {self.out}")
+        return "\n".join(lines)
+
+
+def write_manifests(plan: Plan, out: str) -> list[str]:
+    """Write the rendered files under `out` (atomically, one by one); returns their names."""
+    files = render(plan)
+    storage.makedirs(out)
+    for name, text in files.items():
+        storage.write_text(storage.join(out, name), text)
+    return list(files)
+
+
+def _api() -> client.BatchV1Api:
+    """A Batch API client from the kubeconfig (KUBECONFIG or ~/.kube/config), else the in-cluster account."""
+    from kubernetes import config
+
+    try:
+        config.load_kube_config()
+    except (config.ConfigException, OSError, TypeError):
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            raise BadInput(
+                "no Kubernetes configuration: set KUBECONFIG (or ~/.kube/config), or run inside a cluster"
+            ) from None
+    return client.BatchV1Api()
+
+
+def _api_error(exc: client.ApiException, what: str) -> Exception:
+    reason = f"{what}: Kubernetes API answered {exc.status} {exc.reason}"
+    if exc.status in (400, 401, 403, 404, 422):
+        return BadInput(reason)  # permissions, namespace or manifest: a retry cannot help
+    return StepFailed(reason)
+
+
+def apply(plan: Plan, api: client.BatchV1Api) -> tuple[list[str], list[str]]:
+    """Create every Job in the plan's namespace; existing Jobs are left alone (re-running is safe)."""
+    created: list[str] = []
+    existing: list[str] = []
+    for job in jobs(plan):
+        try:
+            api.create_namespaced_job(namespace=plan.kubernetes.namespace, body=job)
+        except client.ApiException as exc:
+            if exc.status == 409:
+                existing.append(job_name(job))
+                continue
+            raise _api_error(exc, f"creating job {job_name(job)}") from None
+        created.append(job_name(job))
+    return created, existing
+
+
+def job_state(job: client.V1Job) -> tuple[str | None, str]:
+    """(Complete / Failed / None while running, a one-line progress text) of a Job read from the API."""
+    status = job.status or client.V1JobStatus()
+    done = (job.spec.completions if job.spec else None) or 1
+    text = (
+        f"{status.succeeded or 0}/{done} succeeded, {status.active or 0} running, {status.failed or 0} failed"
+    )
+    for cond in status.conditions or []:
+        if cond.status == "True" and cond.type in ("Complete", "Failed"):
+            state = cond.type if cond.type == "Complete" else f"Failed ({cond.reason or 'unknown'})"
+            return state, text
+    return None, text
+
+
+def wait(
+    plan: Plan,
+    api: client.BatchV1Api,
+    names: list[str],
+    echo: Callable[[str], None],
+    interval: float = 10.0,
+) -> dict[str, str]:
+    """Poll the Jobs until each is Complete or Failed, printing a line whenever one of them changes."""
+    final: dict[str, str] = {}
+    last: dict[str, str] = {}
+    while len(final) < len(names):
+        for name in names:
+            if name in final:
+                continue
+            try:
+                job = api.read_namespaced_job_status(name=name, namespace=plan.kubernetes.namespace)
+            except client.ApiException as exc:
+                raise _api_error(exc, f"reading job {name}") from None
+            state, text = job_state(job)
+            if last.get(name) != text:
+                echo(f"{name}: {text}")
+                last[name] = text
+            if state is not None:
+                final[name] = state
+                echo(f"{name}: {state}")
+        if len(final) < len(names):
+            time.sleep(interval)
+    return final
+
+
+def launch_k8s(
+    plan: Plan,
+    out: str,
+    *,
+    do_apply: bool = False,
+    do_wait: bool = False,
+    interval: float = 10.0,
+    echo: Callable[[str], None] = print,
+) -> K8sLaunch:
+    """Render the plan into `out`; with `do_apply` create the Jobs, with `do_wait` follow them to the end."""
+    result = K8sLaunch(out=out, files=write_manifests(plan, out))
+    if not do_apply:
+        return result
+    api = _api()
+    result.created, result.existing = apply(plan, api)
+    if do_wait:
+        names = [job_name(job) for job in jobs(plan)]
+        result.final = wait(plan, api, names, echo, interval)
+        failed = [state for state in result.final.values() if state != "Complete"]
+        if any("PodFailurePolicy" in s for s in failed):
+            result.exit_code = EXIT_BAD_INPUT
+        elif failed:
+            result.exit_code = EXIT_FAILED
+    return result
+
+
+__all__ = ["K8sLaunch", "apply", "jobs", "launch_k8s", "render", "to_dict", "wait", "write_manifests"]
