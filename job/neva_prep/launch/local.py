@@ -54,10 +54,10 @@ class Outcome:
         return self.returncode == EXIT_OK
 
     def line(self) -> str:
-        """One progress line: the command's own summary when it worked, its error line otherwise."""
+        """Progress: the command's own summary (indented) when it worked, its error line otherwise."""
         if self.ok:
-            text = self.stdout.strip().splitlines()
-            return f"[{self.task.label}] ok in {self.seconds:.1f}s" + (f": {text[-1]}" if text else "")
+            said = [f"    {line.strip()}" for line in self.stdout.splitlines() if line.strip()]
+            return "\n".join([f"[{self.task.label}] ok in {self.seconds:.1f}s", *said])
         # the last line that says something (usage errors come framed in box-drawing characters)
         err = [line.strip("│╭╮╰╯─ ") for line in self.stderr.splitlines()]
         err = [line for line in err if any(c.isalnum() for c in line)]

@@ -1,0 +1,171 @@
+"""The plan: `plan init` writes a plan that `plan check` accepts; bad plans are one-line exit-2 errors; the
+argv mapping every launcher uses says exactly what the step CLIs accept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import neva
+from neva_prep.errors import BadInput
+from neva_prep.launch.plan import (
+    dataset_output,
+    example_plan,
+    load_plan,
+    merge_argv,
+    model_argv,
+    parse_plan,
+    shard_argv,
+)
+
+
+def _minimal() -> dict[str, Any]:
+    return {
+        "output": "s3://b/out",
+        "model": {"source": "s3://b/hf", "name": "m"},
+        "datasets": [
+            {"name": "web", "source": "s3://b/w.csv", "from": "webvid", "media": "video", "shards": 4}
+        ],
+    }
+
+
+def test_plan_init_prints_a_plan_that_checks(tmp_path: Path) -> None:
+    init = neva("plan", "init")
+    assert init.returncode == 0, init.stderr
+    assert init.stdout == example_plan()
+    assert "#" in init.stdout  # commented, for people to edit
+    path = tmp_path / "plan.yaml"
+    path.write_text(init.stdout)
+    check = neva("plan", "check", str(path))
+    assert check.returncode == 0, check.stderr
+    plan = load_plan(str(path))
+    assert plan.model is not None and plan.model.gpus == 1
+    assert [ds.name for ds in plan.datasets] == ["webvid", "llava-pretrain"]
+    # plan check prints the commands every launcher runs
+    assert " ".join(shard_argv(plan, plan.datasets[0])) in check.stdout
+    assert " ".join(merge_argv(plan, plan.datasets[1])) in check.stdout
+
+
+def test_defaults_and_argv_mapping() -> None:
+    plan = parse_plan(_minimal(), "p.yaml")
+    assert plan.name == "neva-prep" and plan.image == "neva-prep:latest"
+    assert plan.kubernetes.namespace == "default" and plan.slurm.time == "04:00:00"
+    ds = plan.datasets[0]
+    assert ds.from_ == "webvid" and ds.parallelism is None and ds.max_parallel == 4
+    assert model_argv(plan) == [
+        "neva-prep", "model", "s3://b/hf", "s3://b/out",
+        "--name", "m", "--precision", "16", "--layout", "mcore",
+    ]  # fmt: skip
+    assert dataset_output(plan, ds) == "s3://b/out/datasets/web"
+    assert shard_argv(plan, ds) == [
+        "neva-prep", "data", "convert", "s3://b/w.csv", "s3://b/out/datasets/web",
+        "--from", "webvid", "--media", "video", "--num-shards", "4",
+    ]  # fmt: skip
+    assert merge_argv(plan, ds) == [
+        "neva-prep", "data", "merge", "s3://b/out/datasets/web", "--name", "web", "--num-shards", "4",
+    ]  # fmt: skip
+
+
+def test_every_option_reaches_the_command_line() -> None:
+    data = _minimal()
+    data["model"] |= {"precision": "bf16", "tokens": ["<a>", "<b>"], "device": "cpu", "gpus": 0}
+    data["datasets"][0] = {
+        "name": "cc",
+        "source": "gs://b/*.parquet",
+        "from": "captions",
+        "media": "image",
+        "shards": 2,
+        "parallelism": 5,
+        "media_column": "key",
+        "caption_column": "caption",
+        "id_column": "key",
+        "prompts": "image_brief",
+        "media_root": "gs://b/images",
+    }
+    plan = parse_plan(data, "p.yaml")
+    argv = model_argv(plan)
+    assert argv[argv.index("--precision") + 1] == "bf16"
+    assert argv[-6:] == ["--token", "<a>", "--token", "<b>", "--device", "cpu"]
+    ds = plan.datasets[0]
+    assert ds.max_parallel == 2  # never more at once than there are shards
+    tail = shard_argv(plan, ds)[-10:]
+    assert tail == [
+        "--media-column", "key", "--caption-column", "caption", "--id-column", "key",
+        "--prompts", "image_brief", "--media-root", "gs://b/images",
+    ]  # fmt: skip
+
+
+def test_precision_written_as_a_number_is_accepted() -> None:
+    data = _minimal()
+    data["model"]["precision"] = 32
+    plan = parse_plan(data, "p.yaml")
+    assert plan.model is not None and plan.model.precision == "32"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(outptu="x"), "field 'outptu': unknown key"),
+        (lambda d: d.pop("output"), "field 'output': missing"),
+        (lambda d: d["model"].pop("name"), "field 'model.name': missing"),
+        (lambda d: d["model"].update(gpus="two"), "field 'model.gpus': expected an integer"),
+        (lambda d: d["model"].update(gpus=True), "field 'model.gpus': expected an integer"),
+        (
+            lambda d: d["model"].update(precision="fp8"),
+            "field 'model.precision': expected one of 16, bf16, 32",
+        ),
+        (lambda d: d["model"].update(tokens=[]), "field 'model.tokens'"),
+        (lambda d: d["datasets"][0].pop("name"), "field 'datasets[0].name': missing"),
+        (lambda d: d["datasets"][0].update(name="Web_Vid"), "must be a DNS-1123 label"),
+        (lambda d: d["datasets"][0].update(name="w" * 60), "must be a DNS-1123 label"),
+        (lambda d: d["datasets"][0].update(shards=0), "field 'datasets[0].shards': must be >= 1"),
+        (lambda d: d["datasets"][0].update(media="audio"), "expected one of image, video"),
+        (lambda d: d["datasets"][0].update(form="webvid"), "field 'datasets[0].form': unknown key"),
+        (lambda d: d["datasets"].append(dict(d["datasets"][0])), "duplicate dataset name 'web'"),
+        (lambda d: d.update(datasets={"web": {}}), "field 'datasets': expected a list"),
+        (lambda d: d.update(kubernetes={"secrets": "s"}), "field 'kubernetes.secrets': unknown key"),
+        (lambda d: d.update(kubernetes={"node_selector": ["a"]}), "expected a mapping of strings"),
+        (lambda d: d.update(kubernetes={"tolerations": [{"kee": "x"}]}), "tolerations[0].kee': unknown key"),
+        (lambda d: d.update(slurm={"time": 14400}), "quote it"),
+        (lambda d: d.update(slurm={"extra_sbatch": "#SBATCH -q x"}), "expected a list of strings"),
+        (lambda d: d.update(name="Neva Prep"), "field 'name'"),
+        (lambda d: (d.pop("model"), d.update(datasets=[])), "nothing to do"),
+    ],
+)
+def test_bad_plans_are_rejected_with_the_field(change: Any, message: str) -> None:
+    data = _minimal()
+    change(data)
+    with pytest.raises(BadInput, match=None) as info:
+        parse_plan(data, "p.yaml")
+    assert message in str(info.value)
+    assert str(info.value).startswith("p.yaml, field ")
+
+
+def test_plan_check_reports_bad_plans_in_one_line_exit_2(tmp_path: Path) -> None:
+    bad = tmp_path / "plan.yaml"
+    bad.write_text(
+        yaml.safe_dump({**_minimal(), "datasets": [{"source": "x", "from": "llava", "media": "image"}]})
+    )
+    r = neva("plan", "check", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [f"neva-prep: error: {bad}, field 'datasets[0].name': missing"]
+    assert r.stdout == ""
+
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("output: x\nmodel: [unclosed\n")
+    r = neva("plan", "check", str(broken))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+    r = neva("plan", "check", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    evil = tmp_path / "plan.yaml"
+    evil.write_text("output: !!python/object/apply:os.system ['echo pwned']\n")
+    r = neva("plan", "check", str(evil))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr
+    assert "pwned" not in r.stdout
