@@ -1,0 +1,165 @@
+"""`checkpoint convert`: HF LLaMA directory -> `.nemo`, streamed one tensor slice at a time.
+
+Everything about the source is checked before the destination is opened; the tar is then written straight
+to `storage.atomic_write(destination)` (no local temporary copy for object storage), so a failure at any
+point leaves nothing at the destination. Memory stays near one slice (64 MiB) or one fused QKV weight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from neva_prep import storage
+from neva_prep.errors import BadInput
+from neva_prep.model import config as nemo_config
+from neva_prep.model import hf, mapping, nemo_format
+from neva_prep.model.nemo_format import Member, Part, TarStream, tensor_data
+from neva_prep.progress import Reporter
+
+DTYPES = {"16": torch.float16, "bf16": torch.bfloat16, "32": torch.float32}
+DEVICES = ("auto", "cpu", "cuda")
+SLICE_BYTES = 64 * 2**20
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    destination: str
+    layout: str
+    precision: str
+    tensors: int
+    bytes_written: int
+    seconds: float
+    tokenizer_member: str  # the ./<hex>_tokenizer.model member name
+
+    def summary(self) -> str:
+        gib = self.bytes_written / 2**30
+        return (
+            f"wrote {storage.redact(self.destination)} ({self.layout} layout, precision {self.precision}): "
+            f"{self.tensors} tensors, {gib:.2f} GiB in {self.seconds:.1f}s\n"
+            f"tokenizer member: {self.tokenizer_member}"
+        )
+
+
+def tokenizer_member_name(tokenizer: bytes) -> str:
+    """NeMo names the tokenizer `<uuid4 hex>_tokenizer.model`; we derive the uuid from its bytes so that
+    converting the same input twice gives byte-identical output."""
+    digest = hashlib.sha256(tokenizer).digest()[:16]
+    return f"{uuid.UUID(bytes=digest, version=4).hex}_tokenizer.model"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device not in DEVICES:
+        raise BadInput(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: no CUDA device is available here")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def plan_members(
+    cfg: hf.LlamaConfig, tokenizer: bytes, *, precision: str, layout: str
+) -> tuple[list[Member], str]:
+    """All tar members of the output and the tokenizer member name (no I/O)."""
+    member = tokenizer_member_name(tokenizer)
+    yaml_text = nemo_config.dump(
+        nemo_config.model_config(cfg, tokenizer_member=member, precision=precision, layout=layout)
+    )
+    build = nemo_format.mcore_members if layout == "mcore" else nemo_format.legacy_members
+    return build(cfg, member, tokenizer, yaml_text, DTYPES[precision]), member
+
+
+class _Producer:
+    """Turns a `Part` into output bytes: source slices cast to the output dtype (on the GPU if asked)."""
+
+    def __init__(self, ckpt: hf.HFCheckpoint, dtype: torch.dtype, device: torch.device) -> None:
+        self.ckpt, self.dtype, self.device = ckpt, dtype, device
+        self.cfg = ckpt.config
+
+    def _cast(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == self.dtype:
+            return t
+        if self.device.type == "cuda":
+            return t.to(self.device).to(self.dtype).cpu()
+        return t.to(self.dtype)
+
+    def __call__(self, part: Part) -> Iterator[memoryview]:
+        if part.op == "qkv":
+            q, k, v = (self.ckpt.read(n) for n in part.sources)
+            if self.device.type == "cuda":
+                q, k, v = (t.to(self.device) for t in (q, k, v))
+            fused = mapping.fuse_qkv(q, k, v, self.cfg.num_heads, self.cfg.num_kv_heads)
+            yield tensor_data(self._cast(fused).cpu())
+            return
+        for name in part.sources:  # copy, or cat (each source in order)
+            ref = self.ckpt.refs[name]
+            if len(ref.shape) < 2:
+                yield tensor_data(self._cast(self.ckpt.read(name)))
+                continue
+            for start, stop in hf.iter_rows(ref.shape[0], ref.row_bytes, SLICE_BYTES):
+                yield tensor_data(self._cast(self.ckpt.read_rows(name, start, stop)))
+
+
+def convert_checkpoint(
+    source: str, destination: str, *, precision: str = "16", device: str = "auto", layout: str = "mcore"
+) -> ConvertResult:
+    """Convert the HF LLaMA directory `source` into the `.nemo` file `destination` (local or URL)."""
+    start = time.monotonic()
+    if precision not in DTYPES:
+        raise BadInput(f"--precision must be one of 16, bf16, 32, got {precision!r}")
+    if layout not in mapping.LAYOUTS:
+        raise BadInput(f"--layout must be one of {', '.join(mapping.LAYOUTS)}, got {layout!r}")
+    dev = resolve_device(device)
+    cfg, tokenizer, ckpt = hf.open_checkpoint(source)
+    with ckpt:
+        if layout == "legacy" and cfg.grouped:
+            raise BadInput(
+                f"{storage.redact(source)}: grouped-query attention ({cfg.num_heads} heads, "
+                f"{cfg.num_kv_heads} KV heads) cannot be stored in the legacy layout; use --layout mcore"
+            )
+        if storage.isdir(destination):
+            raise BadInput(f"{storage.redact(destination)}: is a directory; give the .nemo file name")
+        members, tok_member = plan_members(cfg, tokenizer, precision=precision, layout=layout)
+        produce = _Producer(ckpt, DTYPES[precision], dev)
+        total = sum(m.size for m in members)
+        tensors = sum(len(m.ckpt.sources) if m.ckpt else 0 for m in members) or (
+            len(mapping.MCORE_GLOBAL) + len(mapping.MCORE_LAYER) * cfg.num_layers
+        )
+        with (
+            Reporter(f"convert {storage.redact(source)}", total) as progress,
+            storage.atomic_write(destination) as f,
+        ):
+            tar = TarStream(f)
+            for m in members:
+                tar.header(m)
+                if m.is_dir:
+                    continue
+                before = tar.pos
+                if m.blob is not None:
+                    tar.write(m.blob)
+                elif m.ckpt is not None:
+                    m.ckpt.write(tar.write, produce)
+                else:
+                    for part in m.parts:
+                        for chunk in produce(part):
+                            tar.write(chunk)
+                if tar.pos - before != m.size:
+                    raise RuntimeError(f"{m.name}: wrote {tar.pos - before} bytes, planned {m.size}")
+                tar.end_member(m.size)
+                progress.advance(m.size, items=1 if m.parts else 0, what="tensors")
+            tar.close()
+            written = tar.pos
+    return ConvertResult(
+        destination=destination,
+        layout=layout,
+        precision=precision,
+        tensors=tensors,
+        bytes_written=written,
+        seconds=time.monotonic() - start,
+        tokenizer_member=tok_member,
+    )

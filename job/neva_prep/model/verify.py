@@ -1,0 +1,194 @@
+"""`checkpoint verify`: re-read a `.nemo` with our own reader and check it against the HF source.
+
+Two independent checks: every tensor must equal the source through the mapping (exactly, after casting the
+source to the output precision), and the logits of `llama.py` over the NeMo-layout weights must match
+`transformers.LlamaForCausalLM` on the same tokens (the independent check of the mapping itself).
+"""
+
+from __future__ import annotations
+
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import yaml
+
+from neva_prep import storage
+from neva_prep.errors import BadInput, StepFailed
+from neva_prep.model import hf, llama, mapping, nemo_format
+from neva_prep.model.convert import DTYPES
+from neva_prep.model.hf import LlamaConfig
+
+LOGITS_MAX_PARAMS = 2_000_000_000  # both models are held in fp32 for the logits check
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    source: str
+    nemo: str
+    layout: str
+    precision: str
+    tensors: int
+    max_logit_diff: float | None
+    note: str
+    seconds: float
+
+    def summary(self) -> str:
+        logits = (
+            f"logits agree (max |diff| {self.max_logit_diff:.2e})"
+            if self.max_logit_diff is not None
+            else self.note
+        )
+        return (
+            f"OK {storage.redact(self.nemo)} matches {storage.redact(self.source)} "
+            f"({self.layout} layout, precision {self.precision}): {self.tensors} tensors equal; {logits}"
+        )
+
+
+def _rules(cfg: LlamaConfig, layout: str) -> dict[str, tuple[mapping.Rule, int | None]]:
+    """Every NeMo key the layout holds -> (rule, layer)."""
+    rules: dict[str, tuple[mapping.Rule, int | None]] = {}
+    if layout == "mcore":
+        for rule in mapping.MCORE_GLOBAL:
+            rules[rule.key] = (rule, None)
+        for layer in range(cfg.num_layers):
+            for rule in mapping.MCORE_LAYER:
+                rules[f"{mapping.MCORE_PREFIX}{layer}.{rule.key}"] = (rule, layer)
+        return rules
+    for rule in (mapping.LEGACY_EMBEDDING, *mapping.LEGACY_TAIL):
+        rules[rule.key] = (rule, None)
+    rules[mapping.LEGACY_INV_FREQ] = (mapping.Rule(mapping.LEGACY_INV_FREQ, "inv_freq"), None)
+    for layer in range(cfg.num_layers):
+        for rule in mapping.LEGACY_LAYER:
+            rules[f"{mapping.LEGACY_PREFIX}{layer}.{rule.key}"] = (rule, layer)
+    return rules
+
+
+def _first_difference(key: str, got: torch.Tensor, want: torch.Tensor) -> str:
+    if got.shape != want.shape:
+        return f"{key}: shape {list(got.shape)} != source {list(want.shape)}"
+    if got.dtype != want.dtype:
+        return f"{key}: dtype {got.dtype} != expected {want.dtype}"
+    diff = (got.float() != want.float()) & ~(got.float().isnan() & want.float().isnan())
+    index = tuple(int(i) for i in diff.nonzero()[0])
+    return (
+        f"{key}: differs from the source at index {list(index)}: {got[index].item()} != {want[index].item()}"
+    )
+
+
+def _check_config(conf: dict[str, Any], cfg: LlamaConfig, nemo: str) -> None:
+    expected = {
+        "num_layers": cfg.num_layers,
+        "hidden_size": cfg.hidden_size,
+        "ffn_hidden_size": cfg.intermediate_size,
+        "num_attention_heads": cfg.num_heads,
+        "num_query_groups": cfg.num_kv_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+    }
+    for key, value in expected.items():
+        if conf.get(key) != value:
+            raise StepFailed(
+                f"{storage.redact(nemo)}: model_config.yaml {key} is {conf.get(key)!r}, source has {value!r}"
+            )
+
+
+def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyResult:
+    """Exit 0 when `nemo` holds exactly `source` (StepFailed names the first difference)."""
+    start = time.monotonic()
+    cfg = hf.read_hf_config(source)
+    tokenizer = storage.read_bytes(hf.tokenizer_url(source))
+    with hf.HFCheckpoint(source, cfg) as ckpt, storage.open_read(nemo) as f:
+        try:
+            reader = nemo_format.NemoReader(f)
+            conf = yaml.safe_load(reader.read(nemo_format.CONFIG_MEMBER))
+        except (tarfile.TarError, KeyError, yaml.YAMLError, EOFError):
+            raise BadInput(
+                f"{storage.redact(nemo)}: not a .nemo file (no readable model_config.yaml)"
+            ) from None
+        _check_config(conf, cfg, nemo)
+        precision = str(conf.get("precision"))
+        dtype = DTYPES[precision]
+        layout = reader.layout
+        if reader.read(reader.tokenizer_member()) != tokenizer:
+            raise StepFailed(
+                f"{storage.redact(nemo)}: {reader.tokenizer_member()} differs from the source tokenizer"
+            )
+        rules = _rules(cfg, layout)
+        stream = reader.mcore_tensors(cfg.num_layers) if layout == "mcore" else reader.legacy_tensors()
+        seen: dict[str, torch.Tensor | None] = {}
+        for key, got in stream:
+            if key not in rules:
+                raise StepFailed(f"{storage.redact(nemo)}: unexpected tensor {key!r}")
+            rule, layer = rules[key]
+            if rule.op == "none":
+                if got is not None:
+                    raise StepFailed(f"{key}: expected None (Transformer Engine extra state)")
+            else:
+                if got is None:
+                    raise StepFailed(f"{key}: is None, expected a tensor")
+                if rule.op == "inv_freq":
+                    want = mapping.inv_freq(float(conf["rotary_base"]), cfg.head_dim).to(dtype)
+                else:
+                    names = [mapping.layer_source(layer, s) if layer is not None else s for s in rule.sources]
+                    srcs = [ckpt.read(n).to(dtype) for n in names]
+                    want = mapping.apply(rule, srcs, cfg.num_heads, cfg.num_kv_heads)
+                if got.shape != want.shape or got.dtype != want.dtype or not torch.equal(got, want):
+                    raise StepFailed(_first_difference(key, got, want))
+            seen[key] = got if logits else None
+        missing = [k for k in rules if k not in seen]
+        if missing:
+            raise StepFailed(
+                f"{storage.redact(nemo)}: tensor {missing[0]!r} is missing ({len(missing)} missing)"
+            )
+        tensors = sum(1 for k in seen if rules[k][0].op != "none")
+    diff, note = None, "logits not checked (--no-logits)"
+    if logits:
+        diff, note = _compare_logits(source, cfg, mapping.to_mcore_names(seen), dtype)
+    return VerifyResult(source, nemo, layout, precision, tensors, diff, note, time.monotonic() - start)
+
+
+def _compare_logits(
+    source: str, cfg: LlamaConfig, weights: dict[str, torch.Tensor], dtype: torch.dtype
+) -> tuple[float | None, str]:
+    params = sum(t.numel() for t in weights.values())
+    if not storage.is_local(source):
+        return None, "logits not checked (source is not a local directory; tensors were checked)"
+    if params > LOGITS_MAX_PARAMS:
+        return (
+            None,
+            f"logits not checked ({params / 1e9:.1f} B parameters is too large to hold twice in fp32)",
+        )
+    try:
+        from transformers import LlamaForCausalLM
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        raise StepFailed(
+            "the logits check needs transformers (pip install transformers), or use --no-logits"
+        ) from None
+    hf_logging.disable_progress_bar()
+    model = LlamaForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+    # compare on the same weight values: round the reference to the output precision first
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(dtype).float())
+    model.eval()
+    tokens = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(tokens).logits.float()
+        got = llama.forward(
+            weights,
+            tokens,
+            num_layers=cfg.num_layers,
+            num_heads=cfg.num_heads,
+            num_groups=cfg.num_kv_heads,
+            eps=cfg.rms_norm_eps,
+            rotary_base=cfg.rope_theta,
+            rope_scale=cfg.rope_scaling_factor or 1.0,
+        )
+    diff = float((got - want).abs().max())
+    scale = float(want.abs().max())
+    if diff > 1e-3 * max(1.0, scale):
+        raise StepFailed(f"logits differ from transformers': max |diff| {diff:.3e} (logit scale {scale:.2f})")
+    return diff, ""
