@@ -68,6 +68,33 @@ def say(text: str) -> None:
 # --- model step: checkpoint / tokenizer / model -------------------------------------------------------
 
 
+@checkpoint_app.command("convert")
+def checkpoint_convert(
+    source: str = typer.Argument(..., help="HF LLaMA directory (local path, s3://, gs://)."),
+    destination: str = typer.Argument(..., help="The .nemo file to write (local path, s3://, gs://)."),
+    precision: str = typer.Option("16", "--precision", help="16 (fp16, NeMo's default), bf16 or 32."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where to fuse and cast."),
+    layout: str = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
+) -> None:
+    """Convert an HF LLaMA-2 / Vicuna checkpoint into the .nemo NeMo's converter writes, streaming."""
+    from neva_prep.model.convert import convert_checkpoint
+
+    result = run(convert_checkpoint, source, destination, precision=precision, device=device, layout=layout)
+    say(result.summary())
+
+
+@checkpoint_app.command("verify")
+def checkpoint_verify(
+    source: str = typer.Argument(..., help="The HF LLaMA directory the .nemo was converted from."),
+    nemo: str = typer.Argument(..., help="The .nemo file to check."),
+    logits: bool = typer.Option(True, "--logits/--no-logits", help="Also compare logits with transformers."),
+) -> None:
+    """Check every tensor of a .nemo against its source, and the logits against transformers'."""
+    from neva_prep.model.verify import verify_checkpoint
+
+    say(run(verify_checkpoint, source, nemo, logits=logits).summary())
+
+
 @tokenizer_app.command("patch")
 def tokenizer_patch(
     src: str = typer.Argument(..., help="SentencePiece model to patch (path or URL)."),
