@@ -258,6 +258,25 @@ class SlurmLaunch:
     submitted: list[Submitted] = field(default_factory=list)
     final: list[TaskState] = field(default_factory=list)
 
+    @property
+    def failed(self) -> list[TaskState]:
+        return [t for t in self.final if not t.ok]
+
+    @property
+    def exit_code(self) -> int:
+        """0, or what a followed run failed with: 2 when a task exited 2 (bad input), else 1."""
+        if not self.failed:
+            return 0
+        return 2 if any(t.exit_code == 2 for t in self.failed) else 1
+
+    def error(self) -> str:
+        """One line naming the failed tasks (empty when none failed)."""
+        if not self.failed:
+            return ""
+        report = "; ".join(_describe(t) for t in self.failed)
+        hint = "" if self.exit_code == 2 else " (re-run submit.sh: finished shards are skipped)"
+        return f"Slurm tasks failed: {report}{hint}"
+
     def summary(self) -> str:
         lines = [f"wrote {len(self.files)} files to {storage.redact(self.out)}: {', '.join(self.files)}"]
         if not self.submitted:
@@ -397,7 +416,8 @@ def launch_slurm(
 ) -> SlurmLaunch:
     """`neva-prep launch slurm`: render, optionally submit, optionally wait for the end.
 
-    With `follow`, a failed task makes the launch fail: exit 2 when one exited 2 (bad input), else 1."""
+    With `follow`, failed tasks are in the result (`exit_code`, `error()`), not raised: the summary of
+    what ran matters most when something failed."""
     plan = load_plan(plan_url)
     result = SlurmLaunch(out=out, files=write_scripts(plan, out))
     if not (submit_jobs or follow):
@@ -405,10 +425,4 @@ def launch_slurm(
     result.submitted = submit(out)
     if follow:
         result.final = wait([j.job_id for j in result.submitted], on_change=on_change)
-        failed = [t for t in result.final if not t.ok]
-        if failed:
-            report = "; ".join(_describe(t) for t in failed)
-            if any(t.exit_code == 2 for t in failed):
-                raise BadInput(f"Slurm tasks failed on bad input: {report}")
-            raise StepFailed(f"Slurm tasks failed: {report} (re-run submit.sh: finished shards are skipped)")
     return result

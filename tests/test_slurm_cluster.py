@@ -1,0 +1,182 @@
+"""`neva-prep launch slurm --submit` on a real single-node Slurm cluster (tests/slurm_cluster.py).
+
+The sample plan runs as Slurm jobs and gives the same outputs as running the steps by hand; a shard that
+exits 2 fails once and is reported; a shard killed while it runs is re-run by submitting again, and the
+merge result is unchanged."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from conftest import neva
+from neva_prep.launch.slurm import job_states, wait
+from neva_prep.sample import write_sample
+from slurm_cluster import SlurmCluster, SlurmUnavailable, start
+
+pytestmark = pytest.mark.slurm
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    """A running cluster; clients and `neva-prep` subprocesses find it through $SLURM_CONF."""
+    try:
+        cluster = start()
+    except SlurmUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            raise  # CI must run these tests, never skip them
+        pytest.skip(f"no Slurm here: {exc}")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in cluster.env.items():
+            mp.setenv(key, value)
+        yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The built-in sample (tiny LLaMA, WebVid CSV, LLaVA JSON); its plan is rewritten per test."""
+    root = tmp_path_factory.mktemp("sample")
+    write_sample(root)
+    return root
+
+
+def slurm_plan(
+    sample: Path, tmp: Path, *, model: bool, dataset: dict[str, Any], setup: tuple[str, ...] = ()
+) -> Path:
+    """The sample plan cut down to the model step (gpus: 0) and one dataset, run from the test's venv."""
+    plan = yaml.safe_load((sample / "plan.yaml").read_text())
+    plan["output"] = str(tmp / "output")
+    if not model:
+        del plan["model"]
+    plan["datasets"] = [dataset]
+    plan["slurm"] = {
+        "cpus_per_task": 1,
+        "time": "00:10:00",
+        "log_dir": str(tmp / "logs"),
+        "setup": [f"export PATH={VENV_BIN}:$PATH", *setup],
+    }
+    path = tmp / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def webvid(sample: Path, shards: int = 3, source: str | None = None) -> dict[str, Any]:
+    source = source or str(sample / "input" / "data" / "webvid.csv")
+    return {"name": "webvid", "source": source, "from": "webvid", "media": "video", "shards": shards}
+
+
+def by_hand(dataset: dict[str, Any], out: Path) -> bytes:
+    """Run the dataset's shards and merge as a user would without a scheduler; return the merged JSON."""
+    dst = out / "datasets" / dataset["name"]
+    for i in range(dataset["shards"]):
+        done = neva(
+            "data", "convert", dataset["source"], str(dst), "--from", dataset["from"], "--media",
+            dataset["media"], "--num-shards", str(dataset["shards"]), "--shard-index", str(i),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    done = neva("data", "merge", str(dst), "--name", dataset["name"])
+    assert done.returncode == 0, done.stderr
+    return (dst / f"{dataset['name']}.json").read_bytes()
+
+
+def job_ids(stdout: str) -> dict[str, str]:
+    """`submitted NAME: job ID` lines of `launch slurm --submit` -> {NAME: ID}."""
+    ids = {}
+    for line in stdout.splitlines():
+        if line.startswith("submitted "):
+            name, _, rest = line[len("submitted ") :].partition(": job ")
+            ids[name] = rest.strip()
+    return ids
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_sample_plan_on_slurm_equals_running_the_steps_by_hand(
+    slurm: SlurmCluster, sample: Path, tmp_path: Path
+) -> None:
+    dataset = webvid(sample)
+    plan = slurm_plan(sample, tmp_path, model=True, dataset=dataset)
+    done = neva("launch", "slurm", str(plan), "--out", str(tmp_path / "slurm"), "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr + slurm.logs()
+    ids = job_ids(done.stdout)
+    assert set(ids) == {"neva-sample-model", "neva-sample-webvid", "neva-sample-webvid-merge"}
+    lines = done.stdout.splitlines()
+    for i in range(3):  # one array task per shard, each completed
+        assert f"neva-sample-webvid {ids['neva-sample-webvid']}_{i}: COMPLETED" in lines
+    assert f"neva-sample-webvid-merge {ids['neva-sample-webvid-merge']}: COMPLETED" in lines
+
+    # The same steps by hand, into another output root: identical bytes.
+    ref = tmp_path / "by-hand"
+    assert (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes() == by_hand(dataset, ref)
+    m = yaml.safe_load(plan.read_text())["model"]
+    hand = neva("model", m["source"], str(ref), "--name", m["name"], "--precision", "16", "--layout", "mcore")
+    assert hand.returncode == 0, hand.stderr
+    for sub in ("checkpoints", "tokenizers"):
+        assert files_under(tmp_path / "output" / sub) == files_under(ref / sub)
+        assert files_under(ref / sub)
+
+
+def test_bad_input_shard_fails_once_and_is_reported(
+    slurm: SlurmCluster, sample: Path, tmp_path: Path
+) -> None:
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("not,the,webvid,columns\n1,2,3,4\n")
+    dataset = webvid(sample, shards=2, source=str(bad_csv))
+    plan = slurm_plan(sample, tmp_path, model=False, dataset=dataset)
+    done = neva("launch", "slurm", str(plan), "--out", str(tmp_path / "slurm"), "--wait", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    error = done.stderr.strip().splitlines()
+    assert len(error) == 1 and "bad input, not retried" in error[0]
+    ids = job_ids(done.stdout)
+    tasks = {t.job_id: t for t in job_states(ids["neva-sample-webvid"])}
+    assert sorted(tasks) == [f"{ids['neva-sample-webvid']}_{i}" for i in range(2)]
+    assert all(t.state == "FAILED" and t.exit_code == 2 and t.restarts == 0 for t in tasks.values())
+    (merge,) = job_states(ids["neva-sample-webvid-merge"])
+    assert merge.state == "CANCELLED"  # --kill-on-invalid-dep: never left pending
+    assert not (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").exists()
+    log = (tmp_path / "logs" / f"neva-sample-webvid-{ids['neva-sample-webvid']}_0.out").read_text()
+    assert "error" in log and str(bad_csv) in log  # the one-line reason is in the task's log
+
+
+def test_killed_shard_reruns_and_the_merge_is_unchanged(
+    slurm: SlurmCluster, sample: Path, tmp_path: Path
+) -> None:
+    dataset = webvid(sample)
+    stamp = tmp_path / "slow-once"
+    # Task 1 dawdles the first time it runs, so it can be killed while running.
+    slow = f'if [ "${{SLURM_ARRAY_TASK_ID:-}}" = 1 ] && mkdir {stamp} 2>/dev/null; then sleep 120; fi'
+    plan = slurm_plan(sample, tmp_path, model=False, dataset=dataset, setup=(slow,))
+    out = tmp_path / "slurm"
+    done = neva("launch", "slurm", str(plan), "--out", str(out), "--submit", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    ids = job_ids(done.stdout)
+    array = ids["neva-sample-webvid"]
+    deadline = time.monotonic() + 60
+    while not any(t.job_id == f"{array}_1" and t.state == "RUNNING" for t in job_states(array)):
+        assert time.monotonic() < deadline, job_states(array)
+        time.sleep(0.3)
+    slurm.run("scancel", f"{array}_1")
+    final = {t.job_id: t for t in wait([array, ids["neva-sample-webvid-merge"]], timeout=60, poll=0.5)}
+    assert final[f"{array}_1"].state == "CANCELLED"
+    assert final[ids["neva-sample-webvid-merge"]].state == "CANCELLED"
+    assert not (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").exists()
+
+    # Submitting again re-runs what is missing: finished shards are skipped, the killed one runs.
+    again = neva("launch", "slurm", str(plan), "--out", str(out), "--wait", cwd=tmp_path)
+    assert again.returncode == 0, again.stdout + again.stderr
+    new_array = job_ids(again.stdout)["neva-sample-webvid"]
+    logs = {i: (tmp_path / "logs" / f"neva-sample-webvid-{new_array}_{i}.out").read_text() for i in range(3)}
+    assert "skipped" in logs[0] and "skipped" in logs[2] and "skipped" not in logs[1]
+    merged = (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes()
+    assert merged == by_hand(dataset, tmp_path / "by-hand")
