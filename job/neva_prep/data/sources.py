@@ -255,21 +255,21 @@ def _csv_header(f: IO[bytes], source: str) -> tuple[list[str], int]:
     return [h.strip() for h in header], offset + len(record)
 
 
-def _csv_start(f: IO[bytes], data_start: int, pos: int) -> int:
-    """The first record boundary >= pos: just after a newline with an even number of quotes before it."""
-    if pos <= data_start:
-        return data_start
-    f.seek(data_start)
+def _csv_boundary(f: IO[bytes], known: int, pos: int) -> int:
+    """The first record boundary >= pos, counting quote parity from `known` (a boundary <= pos): the offset
+    just after a newline with an even number of `"` bytes between `known` and it (EOF if none)."""
+    if pos <= known:
+        return known
+    f.seek(known)
     quotes = 0
-    offset = data_start
-    while offset < pos - 1:
+    offset = known
+    while offset < pos - 1:  # the prefix: only its parity matters
         chunk = f.read(min(CHUNK, pos - 1 - offset))
         if not chunk:
             return offset
         quotes += chunk.count(b'"')
         offset += len(chunk)
-    # offset == pos - 1: look for a newline at or after it with even quote parity so far.
-    while True:
+    while True:  # from pos - 1: the first newline outside quotes
         chunk = f.read(READ)
         if not chunk:
             return offset
@@ -286,8 +286,40 @@ def _csv_start(f: IO[bytes], data_start: int, pos: int) -> int:
         offset += len(chunk)
 
 
+def _text_lines(f: IO[bytes], start: int, end: int) -> Iterator[tuple[str, bool]]:
+    """(line, decoded cleanly) for the bytes [start, end), read in big chunks and decoded a chunk at a time;
+    a chunk with invalid UTF-8 is decoded line by line (bad lines with replacement characters)."""
+    f.seek(start)
+    left = end - start
+    carry = b""
+    while left > 0 or carry:
+        chunk = f.read(min(READ, left)) if left > 0 else b""
+        left -= len(chunk)
+        if not chunk:
+            left = 0
+            data, carry = carry, b""
+        else:
+            data = carry + chunk if carry else chunk
+            cut = data.rfind(b"\n") + 1 if left > 0 else len(data)
+            data, carry = data[:cut], data[cut:]
+            if not data:
+                continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            for bline in io.BytesIO(data):
+                try:
+                    yield bline.decode("utf-8"), True
+                except UnicodeDecodeError:
+                    yield bline.decode("utf-8", errors="replace"), False
+            continue
+        for line in io.StringIO(text, newline="\n"):
+            yield line, True
+
+
 class _Feed:
-    """An iterator that hands `csv.reader` the one record we cut; resumable after it runs dry."""
+    """An iterator that hands `csv.reader` the one record we cut; resumable after it runs dry, so a record
+    the csv module thinks is unfinished ends as an error instead of swallowing the next record."""
 
     __slots__ = ("text",)
 
@@ -305,29 +337,6 @@ class _Feed:
         return text
 
 
-def _csv_records(f: IO[bytes], start: int, end: int) -> Iterator[bytes]:
-    """Records (bytes, possibly several lines) starting in [start, end), cut by quote parity."""
-    pending = b""
-    for line in _lines(f, start, None):
-        if pending:
-            pending += line
-            if pending.count(b'"') % 2:
-                continue
-            record, pending = pending, b""
-            yield record
-            start += len(record)
-        else:
-            if start >= end:
-                return
-            if line.count(b'"') % 2:
-                pending = line
-                continue
-            yield line
-            start += len(line)
-    if pending and start < end:
-        yield pending
-
-
 def _read_csv(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
     source = split.source
     with storage.open_read(source) as f:
@@ -343,40 +352,54 @@ def _read_csv(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
             )
         if len(set(header)) != len(header):
             raise BadInput(f"{storage.redact(source)}, row 1: duplicate column names in the header")
+        size = f.seek(0, 2)
+        start = _csv_boundary(f, data_start, split.start)
+        end = size if split.end >= size else _csv_boundary(f, start, split.end)
+        if end <= start:
+            return
         ncols = len(header)
-        start = _csv_start(f, data_start, split.start)
-        end = max(split.end, data_start) if split.start <= data_start else split.end
         feed = _Feed()
         reader = csv.reader(feed, strict=True)
         n = 0
-        for record in _csv_records(f, start, end):
-            if record in (b"\n", b"\r\n") or not record.strip():
+        pending = ""
+        pending_ok = True
+        for line, ok in _text_lines(f, start, end):
+            if pending:  # inside a quoted field that spans lines
+                pending += line
+                pending_ok = pending_ok and ok
+                if pending.count('"') % 2:
+                    continue
+                text, ok, pending = pending, pending_ok, ""
+            elif line.count('"') % 2:
+                pending, pending_ok = line, ok
                 continue
+            else:
+                text = line
+                if len(text) <= 2 and not text.strip():
+                    continue  # a blank line is not a record
             n += 1
-            try:
-                text = record.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Row(source, n, None, _raw_bytes(record), f"invalid utf-8: byte {exc.start} of the row")
+            raw = text.rstrip("\r\n")
+            if len(raw) > RAW_LIMIT:
+                raw = raw[:RAW_LIMIT] + "…"
+            if not ok:
+                yield Row(source, n, None, raw, "invalid utf-8: the row is not UTF-8 text")
                 continue
             feed.text = text
             try:
                 fields = next(reader)
             except csv.Error as exc:
-                yield Row(source, n, None, _raw(text), f"malformed csv row: {exc}")
-                continue
-            except StopIteration:  # pragma: no cover - a non-blank record always yields fields
-                continue
-            if feed.text is not None or len(fields) != ncols:
                 feed.text = None
+                yield Row(source, n, None, raw, f"malformed csv row: {exc}")
+                continue
+            if len(fields) != ncols:
                 yield Row(
-                    source,
-                    n,
-                    None,
-                    _raw(text),
-                    f"malformed csv row: {len(fields)} fields, the header has {ncols}",
+                    source, n, None, raw, f"malformed csv row: {len(fields)} fields, the header has {ncols}"
                 )
                 continue
-            yield Row(source, n, dict(zip(header, fields, strict=True)), _raw(text), None)
+            yield Row(source, n, dict(zip(header, fields, strict=True)), raw, None)
+        if pending:  # an unterminated quote at the end of the split
+            raw = pending.rstrip("\r\n")[:RAW_LIMIT]
+            yield Row(source, n + 1, None, raw, "malformed csv row: unexpected end of data (unclosed quote)")
 
 
 # --- parquet ----------------------------------------------------------------------------------------------
