@@ -1,0 +1,30 @@
+# neva-prep on top of the NeMo container whose NeVA / VideoNeVA loader we target.
+# Build: make docker-build (NEMO_IMAGE=... to change the release). No Docker engine ran this file on the
+# development machines: it is linted (hadolint), not built, there.
+ARG NEMO_IMAGE=nvcr.io/nvidia/nemo:24.05
+FROM ${NEMO_IMAGE}
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Install only what the image lacks. The image's CUDA build of torch (and what is compiled against it) is
+# pinned to the image's own version through a constraints file, so pip can never replace it; pip's default
+# "only if needed" strategy leaves every other package that already satisfies us alone.
+COPY pyproject.toml README.md /src/neva-prep/
+COPY job/ /src/neva-prep/job/
+RUN python -m pip list --format=freeze \
+    | grep -iE '^(torch|torchvision|torchaudio|triton|numpy|apex|transformer[-_]engine|nvidia-[a-z0-9-]+)==' \
+    > /tmp/image-constraints.txt \
+    && python -m pip install --no-cache-dir --constraint /tmp/image-constraints.txt /src/neva-prep \
+    && python -c "import torch, neva_prep.cli; print('torch', torch.__version__)" \
+    && rm -rf /src/neva-prep /tmp/image-constraints.txt
+
+# Run as a non-root user (uid 1000, as the Kubernetes manifests require); HOME and TMPDIR are writable
+# scratch so that a read-only root filesystem works.
+RUN if ! getent passwd 1000 >/dev/null; then useradd --uid 1000 --user-group --create-home neva; fi \
+    && mkdir -p /workspace/neva-prep && chown 1000:1000 /workspace/neva-prep
+ENV HOME=/tmp TMPDIR=/tmp PYTHONUNBUFFERED=1
+WORKDIR /workspace/neva-prep
+USER 1000
+
+ENTRYPOINT ["neva-prep"]
+CMD ["--help"]

@@ -1,0 +1,351 @@
+"""`launch k8s`: manifests valid against the official schemas (strict), the retry / index / gating semantics
+on the rendered objects, the committed `k8s/` folder in step with the renderer, and `--apply` / `--wait`
+through the real Kubernetes client against a recording API stub on 127.0.0.1 (no cluster can run here)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes_validate import utils as kube_validate
+
+from conftest import REPO, neva
+from neva_prep.launch import k8s
+from neva_prep.launch.plan import Plan, example_plan, merge_argv, model_argv, parse_plan, shard_argv
+
+SCHEMA_VERSIONS = ("1.33.0", kube_validate.latest_version())  # 1.33: backoffLimitPerIndex is GA
+SECRET_VALUE = "wJalrXUtnFEMI-never-in-a-manifest"
+
+
+def _example() -> Plan:
+    return parse_plan(yaml.safe_load(example_plan()), "example")
+
+
+def _gpu_plan() -> Plan:
+    data = yaml.safe_load(example_plan())
+    data["kubernetes"] |= {
+        "namespace": "ml-data",
+        "gpu_resource": "nvidia.com/gpu",
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "service_account": "neva-prep",
+        "cpu_limit": "4",
+    }
+    data["model"]["gpus"] = 2
+    return parse_plan(data, "gpu")
+
+
+def _manifests(plan: Plan) -> dict[str, dict[str, Any]]:
+    return {k8s.job_name(job): k8s.to_dict(job) for job in k8s.jobs(plan)}
+
+
+@pytest.mark.parametrize("make_plan", [_example, _gpu_plan])
+def test_every_manifest_validates_strictly(make_plan: Any) -> None:
+    for text in k8s.render(make_plan()).values():
+        doc = yaml.safe_load(text)
+        if doc["kind"] == "Kustomization":
+            assert doc["resources"] and all(r.endswith(".yaml") for r in doc["resources"])
+            continue
+        for version in SCHEMA_VERSIONS:
+            try:
+                kube_validate.validate(doc, version, strict=True)
+            except kube_validate.ValidationError as exc:  # the message is the whole schema: show the gist
+                pytest.fail(f"{doc['metadata']['name']} invalid for {version}: {str(exc).splitlines()[0]}")
+
+
+def test_strict_validation_catches_a_typo() -> None:
+    """The check above can fail: a misspelled field is rejected by the strict schema."""
+    doc = next(iter(_manifests(_example()).values()))
+    doc["spec"]["template"]["spec"]["restartPolicyy"] = "Never"
+    with pytest.raises(kube_validate.ValidationError):
+        kube_validate.validate(doc, SCHEMA_VERSIONS[0], strict=True)
+
+
+def test_indexed_shards_fail_an_index_on_bad_input_and_ignore_disruptions() -> None:
+    plan = _example()
+    jobs = _manifests(plan)
+    for ds in plan.datasets:
+        spec = jobs[f"{plan.name}-{ds.name}"]["spec"]
+        assert spec["completionMode"] == "Indexed"
+        assert spec["completions"] == ds.shards
+        assert spec["parallelism"] == ds.max_parallel
+        assert spec["backoffLimitPerIndex"] == plan.kubernetes.backoff_limit_per_index
+        assert "backoffLimit" not in spec  # per-index limits only
+        assert spec["podReplacementPolicy"] == "Failed"
+        assert spec["podFailurePolicy"]["rules"] == [
+            {
+                "action": "FailIndex",
+                "onExitCodes": {"containerName": "neva-prep", "operator": "In", "values": [2]},
+            },
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["name"] == "neva-prep"
+        assert [container["command"][0], *container["args"]] == shard_argv(plan, ds)
+        assert "--shard-index" not in container["args"]  # the index comes from the Job
+        index_env = {e["name"]: e for e in container["env"]}["JOB_COMPLETION_INDEX"]
+        assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
+            "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+        )
+    assert jobs["neva-prep-webvid"]["spec"]["parallelism"] == 8  # the plan's parallelism
+    assert jobs["neva-prep-llava-pretrain"]["spec"]["parallelism"] == 4  # default: all shards
+
+
+def test_merge_is_gated_by_retrying_until_every_shard_finished() -> None:
+    plan = _example()
+    jobs = _manifests(plan)
+    for ds in plan.datasets:
+        merge = jobs[f"{plan.name}-{ds.name}-merge"]
+        spec = merge["spec"]
+        (container,) = spec["template"]["spec"]["containers"]
+        assert [container["command"][0], *container["args"]] == merge_argv(plan, ds)
+        # it waits for exactly the shard count of its Indexed Job
+        args = container["args"]
+        assert (
+            int(args[args.index("--num-shards") + 1]) == jobs[f"{plan.name}-{ds.name}"]["spec"]["completions"]
+        )
+        # exit 1 (shards missing) is retried with back-off for hours; exit 2 fails the Job at once
+        assert spec["backoffLimit"] >= 30
+        assert spec["podFailurePolicy"]["rules"][0] == {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "neva-prep", "operator": "In", "values": [2]},
+        }
+        assert "gating" in json.dumps(merge["metadata"]["annotations"])
+
+
+def test_the_merge_command_exits_1_until_the_shards_are_there(tmp_path: Path) -> None:
+    """The gating above relies on `data merge` itself: run it for real before, during and after the shards."""
+    data = {
+        "output": str(tmp_path / "out"),
+        "datasets": [
+            {
+                "name": "webvid",
+                "source": str(REPO / "job/neva_prep/sample/webvid.csv"),
+                "from": "webvid",
+                "media": "video",
+                "shards": 2,
+            }
+        ],
+    }
+    plan = parse_plan(data, "p")
+    ds = plan.datasets[0]
+    merge = merge_argv(plan, ds)[1:]
+    before = neva(*merge)
+    assert before.returncode == 1, before.stderr
+    assert neva(*shard_argv(plan, ds)[1:], "--shard-index", "1").returncode == 0
+    assert neva(*merge).returncode == 1  # one of two shards: still not finished
+    assert neva(*shard_argv(plan, ds)[1:], env={"JOB_COMPLETION_INDEX": "0"}).returncode == 0
+    after = neva(*merge)
+    assert after.returncode == 0, after.stderr
+    assert (tmp_path / "out/datasets/webvid/webvid.json").exists()
+
+
+def test_model_job_asks_for_gpus_only_when_the_plan_does() -> None:
+    gpu = _manifests(_gpu_plan())["neva-prep-model"]
+    (container,) = gpu["spec"]["template"]["spec"]["containers"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "2", "memory": "16Gi", "cpu": "4"}
+    assert [container["command"][0], *container["args"]] == model_argv(_gpu_plan())
+    pod = gpu["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["serviceAccountName"] == "neva-prep"
+    assert gpu["metadata"]["namespace"] == "ml-data"
+    assert gpu["spec"]["podFailurePolicy"]["rules"][0]["action"] == "FailJob"
+
+    data = yaml.safe_load(example_plan())
+    data["model"]["gpus"] = 0
+    cpu = _manifests(parse_plan(data, "cpu"))["neva-prep-model"]
+    (container,) = cpu["spec"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in container["resources"].get("limits", {})
+
+
+def test_pods_are_locked_down_and_get_credentials_only_from_the_secret() -> None:
+    for name, job in _manifests(_gpu_plan()).items():
+        assert job["spec"]["ttlSecondsAfterFinished"] == 86400, name
+        assert job["metadata"]["labels"]["app.kubernetes.io/instance"] == "neva-prep"
+        pod = job["spec"]["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}]
+        (c,) = pod["containers"]
+        assert c["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        }
+        assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert env["TMPDIR"] == "/tmp" and env["HOME"] == "/tmp"
+        assert not any(k.startswith("AWS_") for k in env)  # credentials: the Secret only
+        assert c["envFrom"] == [{"secretRef": {"name": "neva-prep-s3"}}]
+
+
+def test_cli_renders_without_leaking_the_environment(tmp_path: Path) -> None:
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(example_plan())
+    out = tmp_path / "k8s"
+    env = {"AWS_SECRET_ACCESS_KEY": SECRET_VALUE, "AWS_ACCESS_KEY_ID": "AKIA-LEAK"}
+    r = neva("launch", "k8s", str(plan), "--out", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "kubectl apply -f" in r.stdout
+    files = {p.name: p.read_text() for p in out.iterdir()}
+    assert files == k8s.render(_example())
+    for text in files.values():
+        assert SECRET_VALUE not in text and "AKIA-LEAK" not in text
+    # rendering is deterministic: a second run writes the same bytes
+    r2 = neva("launch", "k8s", str(plan), "--out", str(tmp_path / "again"))
+    assert r2.returncode == 0
+    assert {p.name: p.read_text() for p in (tmp_path / "again").iterdir()} == files
+
+
+def test_committed_k8s_folder_is_the_rendering_of_the_example_plan() -> None:
+    """`k8s/` is what users edit and `kubectl apply -k`. When this fails, re-render it with
+    `neva-prep plan init > /tmp/plan.yaml && neva-prep launch k8s /tmp/plan.yaml --out k8s`."""
+    committed = {p.name: p.read_text() for p in (REPO / "k8s").iterdir() if p.is_file()}
+    assert committed == k8s.render(_example())
+
+
+# --- --apply / --wait against a recording API server -------------------------------------------------------
+
+
+class _Api(ThreadingHTTPServer):
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.requests: list[tuple[str, str, dict[str, Any] | None, str]] = []
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.polls: dict[str, int] = {}
+        self.fail: dict[str, str] = {}  # job name -> Failed condition reason
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Api
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _send(self, code: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.requests.append(("POST", self.path, body, self.headers.get("Authorization", "")))
+        name = body["metadata"]["name"]
+        if name in self.server.jobs:
+            self._send(409, {"kind": "Status", "status": "Failure", "reason": "AlreadyExists", "code": 409})
+            return
+        self.server.jobs[name] = body
+        self._send(201, body)
+
+    def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path, None, self.headers.get("Authorization", "")))
+        name = self.path.rstrip("/").split("/")[-2]
+        job = self.server.jobs.get(name)
+        if job is None:
+            self._send(404, {"kind": "Status", "status": "Failure", "reason": "NotFound", "code": 404})
+            return
+        polls = self.server.polls[name] = self.server.polls.get(name, 0) + 1
+        done = job["spec"].get("completions", 1)
+        if polls == 1:
+            status: dict[str, Any] = {"active": 1, "succeeded": 0}
+        elif name in self.server.fail:
+            reason = self.server.fail[name]
+            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}
+        else:
+            status = {"succeeded": done, "conditions": [{"type": "Complete", "status": "True"}]}
+        self._send(200, {**job, "status": status})
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[_Api, dict[str, str]]]:
+    server = _Api()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {"name": "stub", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}
+                ],
+                "users": [{"name": "stub", "user": {"token": "stub-token"}}],
+                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub"}}],
+                "current-context": "stub",
+            }
+        )
+    )
+    yield server, {"KUBECONFIG": str(kubeconfig)}
+    server.shutdown()
+    server.server_close()
+
+
+def test_apply_creates_every_job_through_the_client(api: tuple[_Api, dict[str, str]], tmp_path: Path) -> None:
+    server, env = api
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    r = neva("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", env=env)
+    assert r.returncode == 0, r.stderr
+    expected = _manifests(_example())
+    posts = [(path, body, auth) for method, path, body, auth in server.requests if method == "POST"]
+    assert [body["metadata"]["name"] for _, body, _ in posts] == list(expected)
+    for path, body, auth in posts:
+        assert path == "/apis/batch/v1/namespaces/default/jobs"
+        assert auth == "Bearer stub-token"
+        assert body == expected[body["metadata"]["name"]]  # exactly the rendered manifest
+    assert "created 5 job(s)" in r.stdout
+
+    again = neva("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", env=env)
+    assert again.returncode == 0, again.stderr
+    assert "already there" in again.stdout  # re-running is safe: existing Jobs are left alone
+
+
+def test_wait_follows_jobs_to_the_end(api: tuple[_Api, dict[str, str]], tmp_path: Path) -> None:
+    server, env = api
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    args = ("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", "--wait")
+    r = neva(*args, "--interval", "0.05", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "neva-prep-webvid: 0/16 succeeded, 1 running, 0 failed" in r.stdout
+    assert "neva-prep-webvid: 16/16 succeeded" in r.stdout
+    assert r.stdout.count(": Complete") >= 5
+    gets = [path for method, path, _, _ in server.requests if method == "GET"]
+    assert "/apis/batch/v1/namespaces/default/jobs/neva-prep-webvid-merge/status" in gets
+
+
+def test_wait_reports_bad_input_with_exit_2(api: tuple[_Api, dict[str, str]], tmp_path: Path) -> None:
+    server, env = api
+    server.fail["neva-prep-llava-pretrain-merge"] = "PodFailurePolicy"
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    args = ("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", "--wait")
+    r = neva(*args, "--interval", "0.05", env=env)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "neva-prep-llava-pretrain-merge: Failed (PodFailurePolicy)" in r.stdout
+
+
+def test_apply_without_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    env = {"KUBECONFIG": str(tmp_path / "none"), "KUBERNETES_SERVICE_HOST": ""}
+    r = neva("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", env=env)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "no Kubernetes configuration" in r.stderr
