@@ -29,7 +29,6 @@ CRASH_ENV = "NEVA_PREP_TEST_CRASH_AFTER_ROWS"
 with its temporary files half-written. Used by the resume tests; never set it in production."""
 
 _FLUSH_ROWS = 4096
-_PROGRESS_ROWS = 8192
 
 
 @dataclass(frozen=True)
@@ -126,22 +125,37 @@ def _json_file(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
-class _Out:
-    """A buffered append-only stream that knows its length (for the per-split byte ranges)."""
+class _Shard:
+    """The three streams of a shard, buffered row by row and written in large blocks.
 
-    def __init__(self, f: IO[bytes]) -> None:
-        self.f = f
-        self.pos = 0
-        self.buf: list[bytes] = []
+    Positions are only read at split boundaries, after a flush, so they are exact byte offsets.
+    """
 
-    def add(self, data: bytes) -> None:
-        self.buf.append(data)
-        self.pos += len(data)
+    def __init__(self, records: IO[bytes], index: IO[bytes], rejects: IO[bytes]) -> None:
+        self.files = (records, index, rejects)
+        self.records: list[bytes] = []
+        self.index: list[bytes] = []
+        self.rejects: list[bytes] = []
+        self.records_pos = self.rejects_pos = 0
+        self.lengths = Lengths()
 
     def flush(self) -> None:
-        if self.buf:
-            self.f.write(b"".join(self.buf))
-            self.buf.clear()
+        records_f, index_f, rejects_f = self.files
+        if self.records:
+            data = b"\n".join(self.records) + b"\n"
+            records_f.write(data)
+            self.records_pos += len(data)
+            self.records.clear()
+        if self.index:
+            data = b"".join(self.index)
+            index_f.write(data)
+            self.lengths.merge(shards.index_lengths(data))
+            self.index.clear()
+        if self.rejects:
+            data = b"".join(self.rejects)
+            rejects_f.write(data)
+            self.rejects_pos += len(data)
+            self.rejects.clear()
 
 
 def _write_shard(
@@ -155,22 +169,25 @@ def _write_shard(
     media = MediaRoot(media_root) if media_root else None
     crash_after = int(os.environ.get(CRASH_ENV) or 0)
     reasons: Counter[str] = Counter()
-    lengths = Lengths()
     split_stats: list[dict[str, Any]] = []
     total_rows = total_converted = total_rejected = 0
     build = record_builder(options)
     pack = shards.INDEX_ENTRY.pack
-    id_hash = shards.id_hash
+    id_key = shards.id_key
     label = f"data convert shard {shard_index}/{num_shards}"
 
     with ExitStack() as stack:
-        records = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.RECORDS))))
-        index = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.INDEX))))
-        rejects = _Out(stack.enter_context(storage.atomic_write(storage.join(directory, shards.REJECTS))))
+        out = _Shard(
+            *(
+                stack.enter_context(storage.atomic_write(storage.join(directory, name)))
+                for name in (shards.RECORDS, shards.INDEX, shards.REJECTS)
+            )
+        )
+        records, index, rejects = out.records, out.index, out.rejects
         progress = stack.enter_context(Reporter(label, None, unit="rows"))
         for ordinal, split in enumerate(splits):
             rows = converted = rejected = 0
-            records_start, rejects_start, index_start = records.pos, rejects.pos, total_converted
+            records_start, rejects_start, index_start = out.records_pos, out.rejects_pos, total_converted
             source = storage.redact(split.source)
             for row in read_split(split, options.source_format, options):
                 rows += 1
@@ -181,39 +198,28 @@ def _write_shard(
                 except RecordError as exc:
                     rejected += 1
                     reasons[exc.reason] += 1
-                    rejects.add(
-                        orjson.dumps(
-                            {
-                                "source": source,
-                                "split": ordinal,
-                                "split_row": row.split_row,
-                                "reason": exc.reason,
-                                "detail": exc.detail,
-                                "input": row.raw,
-                            }
-                        )
-                        + b"\n"
-                    )
+                    reject = {
+                        "source": source,
+                        "split": ordinal,
+                        "split_row": row.split_row,
+                        "reason": exc.reason,
+                        "detail": exc.detail,
+                        "input": row.raw,
+                    }
+                    rejects.append(orjson.dumps(reject) + b"\n")
                 else:
                     converted += 1
-                    record_turns, human, gpt = record_lengths(record)
-                    lengths.add(record_turns, human, gpt)
-                    records.add(encode_record(record) + b"\n")
-                    index.add(pack(id_hash(record.get("id")), row.split_row, record_turns, human, gpt))
+                    records.append(encode_record(record))
+                    index.append(pack(id_key(record["id"]), row.split_row, *record_lengths(record)))
                 if rows % _FLUSH_ROWS == 0:
-                    records.flush()
-                    index.flush()
-                    rejects.flush()
-                if rows % _PROGRESS_ROWS == 0:
-                    progress.advance(_PROGRESS_ROWS)
+                    out.flush()
+                    progress.advance(_FLUSH_ROWS)
                 if crash_after and total_rows + rows >= crash_after:
-                    for out in (records, index, rejects):
-                        out.flush()
-                        out.f.flush()
+                    out.flush()
+                    for f in out.files:
+                        f.flush()
                     os._exit(137)
-            records.flush()
-            index.flush()
-            rejects.flush()
+            out.flush()
             total_rows += rows
             total_converted += converted
             total_rejected += rejected
@@ -224,10 +230,10 @@ def _write_shard(
                     "converted": converted,
                     "rejected": rejected,
                     "records_offset": records_start,
-                    "records_bytes": records.pos - records_start,
+                    "records_bytes": out.records_pos - records_start,
                     "index_offset": index_start,
                     "rejects_offset": rejects_start,
-                    "rejects_bytes": rejects.pos - rejects_start,
+                    "rejects_bytes": out.rejects_pos - rejects_start,
                 }
             )
     assert total_rows == total_converted + total_rejected
@@ -238,6 +244,6 @@ def _write_shard(
         "converted": total_converted,
         "rejected": total_rejected,
         "rejected_by_reason": sorted_counts(reasons),
-        "lengths": lengths.to_json(),
+        "lengths": out.lengths.to_json(),
         "splits": split_stats,
     }

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from neva_prep import storage
@@ -67,25 +68,46 @@ def read_range(url: str, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def read_lines(url: str, offset: int, length: int) -> Iterator[bytes]:
-    """The lines (without newline) in a byte range that ends with a newline."""
+def read_line_batches(url: str, offset: int, length: int) -> Iterator[list[bytes]]:
+    """The lines (without newline) of a byte range that ends with a newline, a chunk's worth at a time."""
     tail = b""
     for chunk in read_range(url, offset, length):
         lines = (tail + chunk).split(b"\n")
         tail = lines.pop()
-        yield from lines
+        if lines:
+            yield lines
     if tail:
         raise StepFailed(f"{storage.redact(url)}: a record range does not end on a line; re-run the shard")
 
 
-def _index_entries(url: str, first: int, count: int) -> Iterator[tuple[int, ...]]:
-    size = shards.INDEX_ENTRY.size
-    tail = b""
-    for chunk in read_range(url, first * size, count * size):
-        data = tail + chunk
-        cut = len(data) - len(data) % size
-        tail = data[cut:]
-        yield from shards.INDEX_ENTRY.iter_unpack(data[:cut])
+class _IndexStream:
+    """`count` index entries from entry `first` of a shard's `index.bin`, handed out in batches."""
+
+    def __init__(self, url: str, first: int, count: int) -> None:
+        self.url = url
+        self.left = count
+        self._chunks = read_range(url, first * shards.INDEX_ENTRY.size, count * shards.INDEX_ENTRY.size)
+        self._buf = b""
+        self._pos = 0
+
+    def take(self, n: int) -> np.ndarray:
+        need = n * shards.INDEX_ENTRY.size
+        if n > self.left:
+            raise StepFailed(
+                f"{storage.redact(self.url)}: fewer index entries than records; re-run the shard"
+            )
+        if len(self._buf) - self._pos < need:
+            parts = [self._buf[self._pos :]]
+            have = len(parts[0])
+            while have < need:
+                chunk = next(self._chunks)
+                parts.append(chunk)
+                have += len(chunk)
+            self._buf, self._pos = b"".join(parts), 0
+        entries = shards.index_entries(self._buf[self._pos : self._pos + need])
+        self._pos += need
+        self.left -= n
+        return entries
 
 
 def _check_name(name: str) -> None:
@@ -153,7 +175,7 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
         for split in stats["splits"]
     )
     offsets: dict[int, int] = {}
-    seen: set[int] = set()
+    seen: set[int] = set()  # 8-byte id hashes of the records kept (see shards.id_key)
     reasons: Counter[str] = Counter()
     lengths = Lengths()
     duplicates = [0] * num_shards
@@ -171,34 +193,52 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
             offsets[file_index] = row_offset + split["rows"]
             shard_rejects = _shard_rejects(directory, split)
             pending = next(shard_rejects, None)
-            lines = read_lines(
+            batches = read_line_batches(
                 storage.join(directory, shards.RECORDS), split["records_offset"], split["records_bytes"]
             )
-            entries = _index_entries(
+            index = _IndexStream(
                 storage.join(directory, shards.INDEX), split["index_offset"], split["converted"]
             )
             kept = 0
-            for line, (h, split_row, turns, human, gpt) in zip(lines, entries, strict=True):
-                if h not in seen:
-                    seen.add(h)
-                    writer.add(line)
-                    lengths.add(turns, human, gpt)
-                    kept += 1
+            for lines in batches:
+                entries = index.take(len(lines))
+                keys = entries["id"].tolist()
+                fresh = set(keys)
+                if len(fresh) == len(keys) and seen.isdisjoint(fresh):
+                    # The common case, with no per-record Python: no id of this batch was seen before.
+                    seen |= fresh
+                    writer.add(lines)
+                    lengths.merge(shards.index_lengths(entries))
+                    kept += len(lines)
                     continue
-                while pending is not None and pending["split_row"] < split_row:
-                    _write_reject(rej, pending, row_offset)
-                    pending = next(shard_rejects, None)
-                record_id = orjson.loads(line).get("id")
-                duplicate = {
-                    "source": split["source"],
-                    "split_row": split_row,
-                    "reason": "duplicate id",
-                    "detail": f"id {record_id!r} already used by an earlier record; the first one is kept",
-                    "input": line.decode("utf-8"),
-                }
-                _write_reject(rej, duplicate, row_offset)
-                reasons["duplicate id"] += 1
-                duplicates[shard] += 1
+                keep = np.ones(len(lines), dtype=bool)
+                for j, key in enumerate(keys):
+                    if key not in seen:
+                        seen.add(key)
+                        continue
+                    keep[j] = False
+                    split_row = int(entries["row"][j])
+                    while pending is not None and pending["split_row"] < split_row:
+                        _write_reject(rej, pending, row_offset)
+                        pending = next(shard_rejects, None)
+                    record_id = orjson.loads(lines[j]).get("id")
+                    duplicate = {
+                        "source": split["source"],
+                        "split_row": split_row,
+                        "reason": "duplicate id",
+                        "detail": f"id {record_id!r} already used by an earlier record (the first is kept)",
+                        "input": lines[j].decode("utf-8"),
+                    }
+                    _write_reject(rej, duplicate, row_offset)
+                    reasons["duplicate id"] += 1
+                    duplicates[shard] += 1
+                writer.add([line for line, k in zip(lines, keep.tolist(), strict=True) if k])
+                lengths.merge(shards.index_lengths(entries[keep]))
+                kept += int(keep.sum())
+            if index.left:
+                raise StepFailed(
+                    f"{storage.redact(index.url)}: more index entries than records; re-run the shard"
+                )
             while pending is not None:
                 _write_reject(rej, pending, row_offset)
                 pending = next(shard_rejects, None)
@@ -262,8 +302,8 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
 
 def _shard_rejects(directory: str, split: dict[str, Any]) -> Iterator[dict[str, Any]]:
     url = storage.join(directory, shards.REJECTS)
-    for line in read_lines(url, split["rejects_offset"], split["rejects_bytes"]):
-        yield orjson.loads(line)
+    for lines in read_line_batches(url, split["rejects_offset"], split["rejects_bytes"]):
+        yield from map(orjson.loads, lines)
 
 
 def _write_reject(f: IO[bytes], reject: dict[str, Any], row_offset: int) -> None:
@@ -283,25 +323,16 @@ def _write_reject(f: IO[bytes], reject: dict[str, Any], row_offset: int) -> None
 
 
 class _ArrayWriter:
-    """Writes `[\\n` + records joined by `,\\n` + `\\n]\\n` (`[]\\n` when empty), in large writes."""
+    """Writes `[\\n` + records joined by `,\\n` + `\\n]\\n` (`[]\\n` when empty), a batch per write."""
 
-    def __init__(self, f: IO[bytes], flush_every: int = 4096) -> None:
+    def __init__(self, f: IO[bytes]) -> None:
         self.f = f
-        self.flush_every = flush_every
-        self.buf: list[bytes] = []
         self.count = 0
 
-    def add(self, record: bytes) -> None:
-        self.buf.append(record)
-        if len(self.buf) >= self.flush_every:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self.buf:
-            self.f.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(self.buf))
-            self.count += len(self.buf)
-            self.buf.clear()
+    def add(self, records: list[bytes]) -> None:
+        if records:
+            self.f.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(records))
+            self.count += len(records)
 
     def close(self) -> None:
-        self._flush()
         self.f.write(b"\n]\n" if self.count else b"[]\n")

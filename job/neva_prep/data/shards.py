@@ -23,10 +23,12 @@ import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import orjson
 
 from neva_prep import storage
 from neva_prep.data.sources import Split
+from neva_prep.data.stats import LENGTHS, Lengths, Summary
 from neva_prep.errors import StepFailed
 
 LAYOUT_VERSION = 1
@@ -37,8 +39,12 @@ REJECTS = "rejects.jsonl"
 STATS = "stats.json"
 DONE = "DONE"
 
-INDEX_ENTRY = struct.Struct("<QIIII")
+INDEX_ENTRY = struct.Struct("<8sIIII")
 """Per converted record: 8-byte id hash, 1-based row within its split, turns, human chars, gpt chars."""
+INDEX_DTYPE = np.dtype(
+    [("id", "<u8"), ("row", "<u4"), ("turns", "<u4"), ("human_chars", "<u4"), ("gpt_chars", "<u4")]
+)
+assert INDEX_DTYPE.itemsize == INDEX_ENTRY.size
 
 _SHARD_DIR = re.compile(r"^(\d{5,})-of-(\d{5,})$")
 
@@ -51,14 +57,31 @@ def shard_dir(destination: str, shard_index: int, num_shards: int) -> str:
     return storage.join(destination, SHARDS_DIR, shard_name(shard_index, num_shards))
 
 
-def id_hash(record_id: Any) -> int:
-    """A stable 64-bit hash of an id (its JSON form: `1` and `"1"` differ).
+def id_key(record_id: Any) -> bytes:
+    """A stable 8-byte hash of an id (of its JSON form: `1` and `"1"` differ).
 
     The merge keeps only these hashes to find duplicate ids (8 bytes of payload per record instead of
     the ids themselves); two different ids collide with probability ~n²/2⁶⁵ (about 3e-6 for 10M ids).
     """
-    digest = hashlib.blake2b(orjson.dumps(record_id), digest_size=8).digest()
-    return int.from_bytes(digest, "little")
+    return hashlib.blake2b(orjson.dumps(record_id), digest_size=8).digest()
+
+
+def index_entries(data: bytes) -> np.ndarray:
+    """Index entries as a structured array (a view of `data`)."""
+    return np.frombuffer(data, dtype=INDEX_DTYPE)
+
+
+def index_lengths(data: bytes | np.ndarray) -> Lengths:
+    """Length statistics of a block of index entries, with numpy (no per-record Python)."""
+    entries = index_entries(data) if isinstance(data, bytes) else data
+    lengths = Lengths()
+    if len(entries):
+        for name in LENGTHS:
+            column = entries[name]
+            getattr(lengths, name).merge(
+                Summary(len(column), int(column.min()), int(column.max()), int(column.sum(dtype=np.int64)))
+            )
+    return lengths
 
 
 def fingerprint(sources: list[str], fmt: str, options: Any, media_root: str | None, num_shards: int) -> str:

@@ -19,7 +19,7 @@ import orjson
 from neva_prep import storage
 from neva_prep.data.media import MediaRoot
 from neva_prep.data.records import ConvertOptions, RecordError, media_paths, row_error, validate_record
-from neva_prep.data.shards import id_hash
+from neva_prep.data.shards import id_key
 from neva_prep.data.sources import expand_sources, read_split, splits_for_shard
 from neva_prep.data.stats import sorted_counts
 from neva_prep.progress import Reporter
@@ -62,7 +62,7 @@ def validate_file(
     sources = expand_sources(path)
     splits = splits_for_shard(sources, "llava", 1, 0)
     root = MediaRoot(media_root) if media_root else None
-    seen: set[int] = set()
+    seen: set[bytes] = set()
     reasons: Counter[str] = Counter()
     records = valid = 0
     to_stdout = report in (None, "-")
@@ -80,7 +80,7 @@ def validate_file(
                     if row.error is not None:
                         raise row_error(row)
                     validate_record(row.value, media)
-                    h = id_hash(row.value["id"])
+                    h = id_key(row.value["id"])
                     if h in seen:
                         raise RecordError(
                             "duplicate id",
