@@ -273,10 +273,10 @@ def launch_k8s(
     plan: str = typer.Argument(..., help="Plan file (path or URL)."),
     out: str = typer.Option(..., "--out", help="Directory for the rendered manifests."),
     apply: bool = typer.Option(False, "--apply", help="Create the Jobs (kubeconfig or in-cluster account)."),
-    wait: bool = typer.Option(False, "--wait", help="With --apply: follow the Jobs until they finish."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the plan's Jobs until they finish."),
     interval: float = typer.Option(10.0, "--interval", help="Seconds between status polls with --wait."),
 ) -> None:
-    """Render the plan as Kubernetes Jobs (model, Indexed shards, merge); optionally create and follow them."""
+    """Render the plan as Kubernetes Jobs (model, Indexed shards, merges); optionally create, follow them."""
     from neva_prep.launch import k8s
     from neva_prep.launch.plan import load_plan
 

@@ -278,7 +278,7 @@ class K8sLaunch:
         if self.existing:
             lines.append(f"already there (left as they are): {', '.join(self.existing)}")
         lines += [f"  {name}: {state}" for name, state in self.final.items()]
-        if not self.created and not self.existing:
+        if not self.created and not self.existing and not self.final:
             lines.append(f"apply them with: kubectl apply -f {self.out}")
         return "\n".join(lines)
 
@@ -384,12 +384,14 @@ def launch_k8s(
     interval: float = 10.0,
     echo: Callable[[str], None] = print,
 ) -> K8sLaunch:
-    """Render the plan into `out`; with `do_apply` create the Jobs, with `do_wait` follow them to the end."""
+    """Render the plan into `out`; with `do_apply` create the Jobs, with `do_wait` follow them to the end
+    (without `do_apply`: Jobs someone already created, e.g. with `kubectl apply -f`)."""
     result = K8sLaunch(out=out, files=write_manifests(plan, out))
-    if not do_apply:
+    if not (do_apply or do_wait):
         return result
     api = _api()
-    result.created, result.existing = apply(plan, api)
+    if do_apply:
+        result.created, result.existing = apply(plan, api)
     if do_wait:
         names = [job_name(job) for job in jobs(plan)]
         result.final = wait(plan, api, names, echo, interval)
