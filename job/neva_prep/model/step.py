@@ -114,13 +114,16 @@ def completed(
         options,
     ):
         return None
+    recorded = manifest.get("tokens")
+    if not isinstance(recorded, dict) or list(recorded) != options["tokens"]:
+        return None
     outputs = manifest.get("outputs")
     expected = {"nemo": nemo_path(options["name"]), "tokenizer": TOKENIZER}
     if not isinstance(outputs, dict) or set(outputs) != set(expected):
         return None
     for key, path in expected.items():
         out = outputs[key]
-        if not isinstance(out, dict) or out.get("path") != path:
+        if not isinstance(out, dict) or out.get("path") != path or not isinstance(out.get("sha256"), str):
             return None
         target = storage.join(output, *path.split("/"))
         if not storage.exists(target) or storage.size(target) != out.get("size"):
@@ -160,9 +163,6 @@ def prepare_model(
 ) -> ModelResult:
     """Convert SRC to OUT/checkpoints/NAME.nemo, patch its tokenizer, then write the manifest; skip when
     OUT already holds the complete result for the same inputs and options (unless `force`)."""
-    from neva_prep.model.convert import convert_checkpoint
-    from neva_prep.model.hf import tokenizer_url
-
     start = time.monotonic()
     tokens = check_tokens(tokens)
     name = check_name(name if name is not None else default_name(source))
@@ -191,6 +191,10 @@ def prepare_model(
             nemo_sha256=str(outs["nemo"]["sha256"]),
             token_ids=tuple(int(i) for i in done["tokens"].values()),
         )
+
+    # Imported only now: torch is slow to import, and a retry that finds the work done never needs it.
+    from neva_prep.model.convert import convert_checkpoint
+    from neva_prep.model.hf import tokenizer_url
 
     # Patch in memory first: a bad tokenizer or token list fails before hours of conversion.
     tok_src = tokenizer_url(source)
