@@ -210,6 +210,27 @@ def test_cli_renders_without_leaking_the_environment(tmp_path: Path) -> None:
     assert {p.name: p.read_text() for p in (tmp_path / "again").iterdir()} == files
 
 
+def test_rerendering_removes_jobs_the_plan_no_longer_has(tmp_path: Path) -> None:
+    data = yaml.safe_load(example_plan())
+    k8s.write_manifests(parse_plan(data, "p"), str(tmp_path))
+    (tmp_path / "mine.yaml").write_text("kind: ConfigMap\n")  # not ours: left alone
+    data["datasets"] = data["datasets"][:1]
+    written = k8s.write_manifests(parse_plan(data, "p"), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*written, "mine.yaml"])
+    assert "neva-prep-llava-pretrain.yaml" not in written
+
+
+def test_the_image_matches_what_the_manifests_expect() -> None:
+    """The Dockerfile's user and entrypoint are what the Jobs rely on (runAsUser, command)."""
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG NEMO_IMAGE=nvcr.io/nvidia/nemo:24.05\nFROM ${NEMO_IMAGE}\n" in dockerfile
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users[-1] == str(k8s.UID)
+    assert 'ENTRYPOINT ["neva-prep"]' in dockerfile
+    job = next(iter(_manifests(_example()).values()))
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"] == ["neva-prep"]
+
+
 def test_committed_k8s_folder_is_the_rendering_of_the_example_plan() -> None:
     """`k8s/` is what users edit and `kubectl apply -k`. When this fails, re-render it with
     `neva-prep plan init > /tmp/plan.yaml && neva-prep launch k8s /tmp/plan.yaml --out k8s`."""

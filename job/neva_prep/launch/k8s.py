@@ -38,6 +38,7 @@ SCRATCH = "/tmp"
 UID = 1000
 # (10+20+40+80+160+320 s) + 34 x 360 s: the merge waits about 3.5 hours for its shards before giving up.
 MERGE_BACKOFF_LIMIT = 40
+_RENDERED = "rendered by `neva-prep launch k8s`"
 KUSTOMIZATION = "Kustomization"  # kustomize's extension-less name: `kubectl apply -f DIR` skips it
 
 GATING_NOTE = (
@@ -229,7 +230,7 @@ def _component(job: client.V1Job) -> str:
 
 def _header(job: client.V1Job) -> str:
     component = _component(job)
-    lines = [f"# {job_name(job)}: rendered by `neva-prep launch k8s` from the plan; edit the plan instead."]
+    lines = [f"# {job_name(job)}: {_RENDERED} from the plan; edit the plan instead."]
     if component == "shards":
         lines.append("# Index K runs shard K (JOB_COMPLETION_INDEX); exit 2 (bad input) fails that index.")
     elif component == "merge":
@@ -284,9 +285,16 @@ class K8sLaunch:
 
 
 def write_manifests(plan: Plan, out: str) -> list[str]:
-    """Write the rendered files under `out` (atomically, one by one); returns their names."""
+    """Write the rendered files under `out` (atomically, one by one); returns their names.
+
+    Manifests an earlier rendering left there (a dataset since removed from the plan) are deleted, so that
+    `kubectl apply -f DIR` never starts a Job the plan no longer has; other files are left alone."""
     files = render(plan)
     storage.makedirs(out)
+    for name in storage.listdir(out):
+        url = storage.join(out, name)
+        if name.endswith(".yaml") and name not in files and _RENDERED in storage.read_text(url)[:300]:
+            storage.remove(url)
     for name, text in files.items():
         storage.write_text(storage.join(out, name), text)
     return list(files)
