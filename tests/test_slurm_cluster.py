@@ -180,3 +180,37 @@ def test_killed_shard_reruns_and_the_merge_is_unchanged(
     assert "skipped" in logs[0] and "skipped" in logs[2] and "skipped" not in logs[1]
     merged = (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes()
     assert merged == by_hand(dataset, tmp_path / "by-hand")
+
+
+def running(pid: str) -> bool:
+    """Alive and not a zombie (an orphan's zombie lingers until init reaps it; it has no command line)."""
+    try:
+        return bool(Path(f"/proc/{pid}/cmdline").read_bytes())
+    except OSError:
+        return False
+
+
+def test_daemons_left_by_a_dead_run_are_cleaned_up(slurm: SlurmCluster, tmp_path: Path) -> None:
+    """A run killed before its teardown leaves daemons and state behind; the next start stops them by pid
+    (leaving live runs, like this module's cluster, alone) and starts cleanly."""
+    import subprocess
+
+    dead_run = (
+        "import os, sys; sys.path.insert(0, sys.argv[1]); import slurm_cluster as sc; "
+        "c = sc.start(); print(c.root, *[p.pid for p in c.procs]); os._exit(0)"
+    )
+    tests_dir = str(Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", dead_run, tests_dir], capture_output=True, text=True, check=True, timeout=120
+    )
+    root, *pids = out.stdout.split()
+    assert all(running(pid) for pid in pids)  # orphaned daemons still running
+
+    again = start()
+    try:
+        assert again.run("sinfo", "-h", "-N", "-o", "%N %t").stdout.split() == ["localhost", "idle"]
+    finally:
+        again.stop()
+    assert not Path(root).exists()
+    assert not any(running(pid) for pid in pids)
+    assert slurm.run("sinfo", "-h", "-N", "-o", "%N %t").stdout.split() == ["localhost", "idle"]

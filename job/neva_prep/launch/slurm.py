@@ -377,7 +377,14 @@ def job_states(job_id: str, env: Mapping[str, str] | None = None) -> list[TaskSt
                 reason=f.get("Reason", ""),
             )
         )
-    return states
+    return sorted(states, key=_task_order)
+
+
+def _task_order(t: TaskState) -> tuple[int, int]:
+    """Array tasks in index order; a still-pending range ("12_3-9%2") after the tasks that started."""
+    job, _, task = t.job_id.partition("_")
+    index = int(task) if task.isdigit() else 1 << 30
+    return int(job) if job.isdigit() else 0, index
 
 
 def wait(
