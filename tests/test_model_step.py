@@ -236,3 +236,16 @@ def test_s3_source_and_output(hf: Path, s3: str) -> None:
 
     again = neva("model", src, out)
     assert again.returncode == 0 and "already complete" in again.stdout
+
+
+def test_legacy_layout_and_bf16_are_recorded(hf: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = prepare_model(str(hf), str(out), name="neva-llm", layout="legacy", precision="bf16")
+    nemo = out / "checkpoints" / "neva-llm.nemo"
+    with tarfile.open(nemo, "r:") as tar:
+        assert "./model_weights.ckpt" in tar.getnames()
+    recorded = _manifest(out)["outputs"]["nemo"]
+    assert (recorded["layout"], recorded["precision"]) == ("legacy", "bf16")
+    assert recorded["sha256"] == result.nemo_sha256 == _sha256(nemo)
+    # the other layout is a different job, not a finished one
+    assert not prepare_model(str(hf), str(out), name="neva-llm", precision="bf16").skipped
