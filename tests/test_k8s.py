@@ -19,7 +19,7 @@ from conftest import REPO, neva
 from neva_prep.launch import k8s
 from neva_prep.launch.plan import Plan, example_plan, merge_argv, model_argv, parse_plan, shard_argv
 
-SCHEMA_VERSIONS = ("1.33.0", kube_validate.latest_version())  # 1.33: backoffLimitPerIndex is GA
+SCHEMA_VERSIONS = ("1.29.0", kube_validate.latest_version())  # 1.29: the oldest we support
 SECRET_VALUE = "wJalrXUtnFEMI-never-in-a-manifest"
 
 
