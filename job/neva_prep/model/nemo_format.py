@@ -290,7 +290,8 @@ class _TensorStub:
 
     def __reduce_ex__(self, protocol: object) -> tuple[Any, ...]:
         stride = tuple(math.prod(self.shape[i + 1 :]) for i in range(len(self.shape)))
-        args = (self.storage, 0, self.shape, stride, False, OrderedDict[str, Any]())
+        hooks: OrderedDict[str, Any] = OrderedDict()  # a plain OrderedDict, pickled as torch does
+        args = (self.storage, 0, self.shape, stride, False, hooks)
         return (torch._utils._rebuild_tensor_v2, args)
 
 
