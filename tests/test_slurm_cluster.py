@@ -88,6 +88,12 @@ def by_hand(dataset: dict[str, Any], out: Path) -> bytes:
     return (dst / f"{dataset['name']}.json").read_bytes()
 
 
+@pytest.fixture(scope="module")
+def webvid_by_hand(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The sample WebVid dataset (3 shards) converted and merged by hand: the reference."""
+    return by_hand(webvid(sample), tmp_path_factory.mktemp("by-hand"))
+
+
 def job_ids(stdout: str) -> dict[str, str]:
     """`submitted NAME: job ID` lines of `launch slurm --submit` -> {NAME: ID}."""
     ids = {}
@@ -103,7 +109,7 @@ def files_under(root: Path) -> dict[str, bytes]:
 
 
 def test_sample_plan_on_slurm_equals_running_the_steps_by_hand(
-    slurm: SlurmCluster, sample: Path, tmp_path: Path
+    slurm: SlurmCluster, sample: Path, webvid_by_hand: bytes, tmp_path: Path
 ) -> None:
     dataset = webvid(sample)
     plan = slurm_plan(sample, tmp_path, model=True, dataset=dataset)
@@ -118,7 +124,7 @@ def test_sample_plan_on_slurm_equals_running_the_steps_by_hand(
 
     # The same steps by hand, into another output root: identical bytes.
     ref = tmp_path / "by-hand"
-    assert (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes() == by_hand(dataset, ref)
+    assert (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes() == webvid_by_hand
     m = yaml.safe_load(plan.read_text())["model"]
     hand = neva("model", m["source"], str(ref), "--name", m["name"], "--precision", "16", "--layout", "mcore")
     assert hand.returncode == 0, hand.stderr
@@ -150,7 +156,7 @@ def test_bad_input_shard_fails_once_and_is_reported(
 
 
 def test_killed_shard_reruns_and_the_merge_is_unchanged(
-    slurm: SlurmCluster, sample: Path, tmp_path: Path
+    slurm: SlurmCluster, sample: Path, webvid_by_hand: bytes, tmp_path: Path
 ) -> None:
     dataset = webvid(sample)
     stamp = tmp_path / "slow-once"
@@ -179,7 +185,7 @@ def test_killed_shard_reruns_and_the_merge_is_unchanged(
     logs = {i: (tmp_path / "logs" / f"neva-sample-webvid-{new_array}_{i}.out").read_text() for i in range(3)}
     assert "skipped" in logs[0] and "skipped" in logs[2] and "skipped" not in logs[1]
     merged = (tmp_path / "output" / "datasets" / "webvid" / "webvid.json").read_bytes()
-    assert merged == by_hand(dataset, tmp_path / "by-hand")
+    assert merged == webvid_by_hand
 
 
 def running(pid: str) -> bool:

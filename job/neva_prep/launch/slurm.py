@@ -354,8 +354,10 @@ def job_states(job_id: str, env: Mapping[str, str] | None = None) -> list[TaskSt
     """Every task of a job (one for a plain job, one per array task) as `scontrol show job` sees it.
 
     Accounting (sacct) needs slurmdbd, which many clusters and our test cluster lack; scontrol keeps
-    finished jobs for MinJobAge seconds (300 by default), long enough to follow a run."""
+    finished jobs for MinJobAge seconds (300 by default); `wait` stops asking about a job once it ended."""
     done = _slurm_cmd(["scontrol", "show", "job", "-o", job_id], env)
+    if "Invalid job id" in done.stderr:
+        return []  # unknown, or finished more than MinJobAge ago
     if done.returncode != 0:
         raise StepFailed(f"scontrol show job {job_id}: {done.stderr.strip() or done.returncode}")
     states = []
@@ -395,20 +397,31 @@ def wait(
     poll: float = 1.0,
     on_change: Callable[[TaskState], None] | None = None,
 ) -> list[TaskState]:
-    """Poll until every task of `job_ids` reached a final state; return them all."""
+    """Poll until every task of `job_ids` reached a final state; return them all.
+
+    A job whose tasks all ended is remembered and no longer asked about: scontrol forgets finished
+    jobs after MinJobAge, while the rest of the plan may run for hours."""
     ids = list(job_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
     seen: dict[str, str] = {}
+    ended: dict[str, list[TaskState]] = {}
     while True:
-        states = [t for jid in ids for t in job_states(jid, env)]
-        for t in states:
-            if on_change and seen.get(t.job_id) != t.state:
-                on_change(t)
-            seen[t.job_id] = t.state
-        if states and all(t.state in FINAL_STATES for t in states):
-            return states
+        for jid in ids:
+            if jid in ended:
+                continue
+            tasks = job_states(jid, env)
+            if not tasks:
+                raise StepFailed(f"Slurm job {jid} is unknown to scontrol (cancelled or purged?)")
+            for t in tasks:
+                if on_change and seen.get(t.job_id) != t.state:
+                    on_change(t)
+                seen[t.job_id] = t.state
+            if all(t.state in FINAL_STATES for t in tasks):
+                ended[jid] = tasks
+        if len(ended) == len(ids):
+            return [t for jid in ids for t in ended[jid]]
         if deadline is not None and time.monotonic() > deadline:
-            pending = [f"{t.job_id}={t.state}" for t in states if t.state not in FINAL_STATES]
+            pending = [f"{k}={v}" for k, v in seen.items() if v not in FINAL_STATES]
             raise StepFailed(f"timed out waiting for Slurm jobs: {', '.join(pending)}")
         time.sleep(poll)
 
