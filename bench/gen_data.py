@@ -16,12 +16,13 @@ from pathlib import Path
 
 import orjson
 
-WORDS = (
+_TEXT = (
     "aerial view of a mountain lake at sunset slow motion close-up young woman smiling city traffic night "
     "time lapse clouds over the ocean waves crashing on rocks forest in autumn snow falling business man "
     "working laptop office coffee cup table happy family walking park dog running beach drone shot river "
     "bridge old town street market people shopping café über naïve 4k footage"
-).split()
+)
+WORDS = tuple(_TEXT.split(" "))
 QUESTIONS = (
     "What is the man holding in his hand?",
     "What color is the bus in the image?",

@@ -1,0 +1,207 @@
+"""Data-step benchmark: `neva-prep data convert` + `merge` against the script users write, and orjson alone.
+
+    python bench/bench_data.py [--dir /tmp/neva-bench-data] [--webvid-rows 1000000] [--llava-records 665000]
+                               [--repeats 3]
+
+For each dataset, in the same run and alternating (A, B, C, A, B, C, …), each command in its own process:
+  naive   WebVid: pandas.read_csv + a record per row + json.dump;  LLaVA: json.load + retarget + json.dump
+  orjson  orjson.loads + orjson.dumps of the same bytes (WebVid: the converted JSON; LLaVA: the input)
+  neva    `neva-prep data convert SRC DST --num-shards 1` then `neva-prep data merge DST`, on one core
+Before every run the inputs are evicted from the page cache (fdatasync + POSIX_FADV_DONTNEED); every
+command syncs its outputs before it exits, inside the timed region. Peak RSS is the child's ru_maxrss (wait4).
+It prints medians, spread, rows/s, the ratios, and neva's peak RSS at 1/4 and full size (flat memory).
+Not a test: run it by hand (`make bench-data`); inputs are generated once into --dir by `gen_data.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gen_data import write_llava, write_webvid
+
+NAIVE_WEBVID = r"""
+import json, os, sys
+import pandas as pd
+src, out = sys.argv[1:3]
+df = pd.read_csv(src)
+prompt = "<video>\nWrite a terse but informative summary of the following video clip."
+records = []
+for row in df.itertuples(index=False):
+    records.append({
+        "id": str(row.videoid),
+        "video": f"{row.page_dir}/{row.videoid}.mp4",
+        "conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": row.name}],
+    })
+with open(out, "w") as f:
+    json.dump(records, f)
+    f.flush()
+    os.fsync(f.fileno())
+"""
+
+NAIVE_LLAVA = r"""
+import json, os, sys
+src, out = sys.argv[1:3]
+with open(src) as f:
+    data = json.load(f)
+records = []
+for rec in data:
+    if "image" not in rec:
+        continue
+    rec["video"] = rec.pop("image")
+    for turn in rec["conversations"]:
+        turn["value"] = turn["value"].replace("<image>", "<video>")
+    records.append(rec)
+with open(out, "w") as f:
+    json.dump(records, f)
+    f.flush()
+    os.fsync(f.fileno())
+"""
+
+ORJSON = r"""
+import os, sys
+import orjson
+src, out = sys.argv[1:3]
+with open(src, "rb") as f:
+    data = orjson.loads(f.read())
+with open(out, "wb") as f:
+    f.write(orjson.dumps(data))
+    f.flush()
+    os.fsync(f.fileno())
+"""
+
+
+def evict(*paths: Path) -> None:
+    """Drop files from the page cache so that a run reads the disk, not RAM."""
+    for path in paths:
+        if not path.exists():
+            continue
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def run(argv: list[str], *, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """(seconds, peak RSS bytes) of one child process; fails loudly on a non-zero exit."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({proc.returncode}): {' '.join(argv)}")
+    return elapsed, usage.ru_maxrss * 1024
+
+
+def neva(src: Path, dst: Path, fmt: str) -> tuple[float, int]:
+    """convert (1 shard, pinned to one core) + merge, timed together; peak RSS of the larger."""
+    shutil.rmtree(dst, ignore_errors=True)
+    cli = [sys.executable, "-m", "neva_prep.cli", "data"]
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    env = {"OMP_NUM_THREADS": "1"}
+    t1, rss1 = run([*pin, *cli, "convert", str(src), str(dst), "--from", fmt, "--media", "video"], env=env)
+    t2, rss2 = run([*pin, *cli, "merge", str(dst), "--name", "out"], env=env)
+    subprocess.run(["sync", "-f", str(dst)], check=True)
+    return t1 + t2, max(rss1, rss2)
+
+
+def fmt_time(values: list[float]) -> str:
+    return f"{statistics.median(values):7.2f} s (min {min(values):.2f}, max {max(values):.2f})"
+
+
+def bench(name: str, src: Path, rows: int, work: Path, repeats: int, fmt: str, naive: str) -> None:
+    times: dict[str, list[float]] = {"naive": [], "orjson": [], "neva": []}
+    rss: dict[str, int] = {"naive": 0, "orjson": 0, "neva": 0}
+    neva_out = work / f"{name}-neva"
+    orjson_src = neva_out / "out.json" if name == "webvid" else src
+    for i in range(repeats):
+        evict(src)
+        t, m = run([sys.executable, "-c", naive, str(src), str(work / f"{name}-naive.json")])
+        times["naive"].append(t)
+        rss["naive"] = max(rss["naive"], m)
+        evict(src)
+        t, m = neva(src, neva_out, fmt)
+        times["neva"].append(t)
+        rss["neva"] = max(rss["neva"], m)
+        evict(orjson_src)
+        t, m = run([sys.executable, "-c", ORJSON, str(orjson_src), str(work / f"{name}-orjson.json")])
+        times["orjson"].append(t)
+        rss["orjson"] = max(rss["orjson"], m)
+        print(
+            f"  {name} round {i + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True
+        )
+    size = src.stat().st_size
+    print(f"\n{name}: {rows} input rows, {size / 1e6:.0f} MB, {repeats} rounds (median, spread)")
+    for key, label in (
+        ("naive", "naive script"),
+        ("orjson", "orjson parse+dump"),
+        ("neva", "neva convert+merge"),
+    ):
+        med = statistics.median(times[key])
+        peak = rss[key] / 2**20
+        print(f"  {label:20s} {fmt_time(times[key])}  {rows / med:10,.0f} rows/s  peak RSS {peak:6.0f} MiB")
+    naive_med, orjson_med, neva_med = (statistics.median(times[k]) for k in ("naive", "orjson", "neva"))
+    print(f"  neva vs naive: {naive_med / neva_med:.2f}x the rows/s (target >= 5x)")
+    print(f"  neva vs orjson alone: {neva_med / orjson_med:.2f}x the time (target <= 2x)")
+
+
+def flat_memory(name: str, src_full: Path, src_quarter: Path, work: Path, fmt: str) -> None:
+    _, small = neva(src_quarter, work / f"{name}-quarter", fmt)
+    _, full = neva(src_full, work / f"{name}-full", fmt)
+    print(f"  neva peak RSS: {small / 2**20:.0f} MiB at 1/4 size, {full / 2**20:.0f} MiB at full size")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/neva-bench-data"))
+    parser.add_argument("--webvid-rows", type=int, default=1_000_000)
+    parser.add_argument("--llava-records", type=int, default=665_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    inputs, work = args.dir / "inputs", args.dir / "work"
+    inputs.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+
+    datasets = []
+    if args.webvid_rows:
+        full, quarter = (
+            inputs / f"webvid-{args.webvid_rows}.csv",
+            inputs / f"webvid-{args.webvid_rows // 4}.csv",
+        )
+        for path, rows in ((full, args.webvid_rows), (quarter, args.webvid_rows // 4)):
+            if not path.exists():
+                print(f"generating {path} ...", flush=True)
+                write_webvid(path, rows)
+        datasets.append(("webvid", full, quarter, args.webvid_rows, "webvid", NAIVE_WEBVID))
+    if args.llava_records:
+        full, quarter = (
+            inputs / f"llava-{args.llava_records}.json",
+            inputs / f"llava-{args.llava_records // 4}.json",
+        )
+        for path, rows in ((full, args.llava_records), (quarter, args.llava_records // 4)):
+            if not path.exists():
+                print(f"generating {path} ...", flush=True)
+                write_llava(path, rows)
+        datasets.append(("llava", full, quarter, args.llava_records, "llava", NAIVE_LLAVA))
+
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    for name, full, quarter, rows, fmt, naive in datasets:
+        bench(name, full, rows, work, args.repeats, fmt, naive)
+        flat_memory(name, full, quarter, work, fmt)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
