@@ -49,7 +49,7 @@ class ModelResult:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        ids = f"token ids {self.token_ids[0]}..{self.token_ids[-1]}" if self.token_ids else "no tokens"
+        ids = "token ids " + ", ".join(map(str, self.token_ids))
         head = "already complete" if self.skipped else f"done in {self.seconds:.1f}s"
         return "\n".join(
             [
