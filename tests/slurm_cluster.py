@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -244,14 +244,14 @@ def start(tmp: Path | None = None, timeout: float = 60) -> SlurmCluster:
 def _node_idle(cluster: SlurmCluster) -> bool:
     for proc in cluster.procs:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited {proc.returncode}\n{cluster.logs()}")  # type: ignore[index]
+            raise RuntimeError(f"{proc.args!r} exited {proc.returncode}\n{cluster.logs()}")
     done = cluster.run("sinfo", "-h", "-N", "-o", "%N %t", check=False)
     return done.returncode == 0 and "localhost idle" in done.stdout
 
 
-def _wait(ready: object, timeout: float, what: str, cluster: SlurmCluster) -> None:
+def _wait(ready: Callable[[], bool], timeout: float, what: str, cluster: SlurmCluster) -> None:
     deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
+    while not ready():
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}\n{cluster.logs()}")
         time.sleep(0.2)

@@ -142,13 +142,14 @@ def test_container_image_goes_to_srun() -> None:
     for job in render(plan):
         command = job.text.rstrip("\n").splitlines()[-1]
         words = shlex.split(command)
-        assert words[:4] == [
+        assert words[:5] == [
             "srun",
             "--ntasks=1",
+            "--cpus-per-task=4",
             "--container-image=nvcr.io#nvidia/nemo:24.05",
             "--container-mounts=/data:/data",
         ]
-        assert words[4] == "neva-prep"
+        assert words[5] == "neva-prep"
 
 
 HOSTILE = "x; touch {d}/pwned-$(id -u) `touch {d}/pwned2` 'q\" # $HOME"

@@ -76,7 +76,7 @@ def webvid(sample: Path, shards: int = 3, source: str | None = None) -> dict[str
 
 def by_hand(dataset: dict[str, Any], out: Path) -> bytes:
     """Run the dataset's shards and merge as a user would without a scheduler; return the merged JSON."""
-    dst = out / "datasets" / dataset["name"]
+    dst: Path = out / "datasets" / dataset["name"]
     for i in range(dataset["shards"]):
         done = neva(
             "data", "convert", dataset["source"], str(dst), "--from", dataset["from"], "--media",

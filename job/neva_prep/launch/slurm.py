@@ -91,8 +91,9 @@ def _q(value: str, what: str) -> str:
 
 
 def _command(plan: Plan, argv: list[str], what: str) -> str:
-    prefix = ["srun", "--ntasks=1"]
     s = plan.slurm
+    # Explicit: from Slurm 22.05 to 23.02 srun does not inherit the job's --cpus-per-task.
+    prefix = ["srun", "--ntasks=1", f"--cpus-per-task={s.cpus_per_task}"]
     if s.container_image:
         prefix.append("--container-image=" + _q(s.container_image, "slurm.container_image"))
         if s.container_mounts:
