@@ -21,7 +21,7 @@ import posixpath
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import orjson
 
@@ -132,6 +132,28 @@ def validate_record(record: Any, media: str) -> None:
         raise RecordError("empty conversations", "field 'conversations' is empty")
     placeholder, other_placeholder = PLACEHOLDER[media], PLACEHOLDER[other]
     count = 0
+    expected = "human"
+    for turn in turns:  # fast path; the first bad turn is explained by _check_turns
+        text = turn.get("value") if type(turn) is dict else None
+        if (
+            type(text) is not str
+            or turn.get("from") != expected
+            or not text
+            or text.isspace()
+            or other_placeholder in text
+        ):
+            _check_turns(turns, media)
+        count += text.count(placeholder)  # type: ignore[union-attr]
+        expected = "gpt" if expected == "human" else "human"
+    if count != n_media:
+        raise RecordError(
+            "placeholder count", f"{count} {placeholder} in conversations for {n_media} media file(s)"
+        )
+
+
+def _check_turns(turns: list[Any], media: str) -> NoReturn:
+    """Raise the `RecordError` that explains the first bad turn."""
+    other_placeholder = PLACEHOLDER[OTHER[media]]
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise RecordError("wrong type", f"conversations[{i}] is a {type(turn).__name__}, not an object")
@@ -155,11 +177,7 @@ def validate_record(record: Any, media: str) -> None:
             raise RecordError(
                 "wrong placeholder", f"conversations[{i}].value has {other_placeholder} (--media {media})"
             )
-        count += text.count(placeholder)
-    if count != n_media:
-        raise RecordError(
-            "placeholder count", f"{count} {placeholder} in conversations for {n_media} media file(s)"
-        )
+    raise AssertionError("unreachable: a turn failed the fast check")  # pragma: no cover
 
 
 # --- encoding ---------------------------------------------------------------------------------------------

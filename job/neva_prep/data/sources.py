@@ -54,13 +54,24 @@ class Split:
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """One input record; `value` is None and `error` is ``"reason: detail"`` when it could not be read."""
+    """One input record; `value` is None and `error` is ``"reason: detail"`` when it could not be read.
+
+    `raw` is the row's text for reports; readers whose rows have no cheap text of their own (JSON arrays,
+    Parquet) pass None and `raw` is then the compact JSON of `value`, made only if someone asks.
+    """
 
     source: str
     split_row: int
     value: Any
-    raw: str
+    raw_text: str | None
     error: str | None
+
+    @property
+    def raw(self) -> str:
+        if self.raw_text is not None:
+            return self.raw_text
+        text = orjson.dumps(self.value, default=str).decode()
+        return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
 
 
 def _raw(text: str) -> str:
@@ -215,26 +226,29 @@ def _read_jsonl(split: Split) -> Iterator[Row]:
     source = split.source
     loads = orjson.loads
     with storage.open_read(source) as f:
+        size = f.seek(0, 2)
         start = _next_line_start(f, split.start)
         if start == 0:
             f.seek(0)
             start = 3 if f.read(3) == _BOM else 0
+        end = size if split.end >= size else _next_line_start(f, split.end)
         n = 0
-        for line in _lines(f, start, split.end):
-            if not line.strip():
+        for line, ok in _text_lines(f, start, end):
+            if line.isspace():
                 continue
             n += 1
+            raw = line.rstrip("\r\n")
+            if len(raw) > RAW_LIMIT:
+                raw = raw[:RAW_LIMIT] + "…"
+            if not ok:
+                yield Row(source, n, None, raw, "invalid utf-8: the line is not UTF-8 text")
+                continue
             try:
                 value = loads(line)
             except orjson.JSONDecodeError as exc:
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as uexc:
-                    yield Row(source, n, None, _raw_bytes(line), f"invalid utf-8: byte {uexc.start} of line")
-                    continue
-                yield Row(source, n, None, _raw_bytes(line), f"invalid json: {exc}")
+                yield Row(source, n, None, raw, f"invalid json: {exc}")
                 continue
-            yield Row(source, n, value, _raw_bytes(line), None)
+            yield Row(source, n, value, raw, None)
 
 
 def _csv_header(f: IO[bytes], source: str) -> tuple[list[str], int]:
@@ -437,49 +451,68 @@ def _read_parquet(split: Split, options: ConvertOptions) -> Iterator[Row]:
         for batch in pf.iter_batches(batch_size=65536, row_groups=groups, columns=needed or None):
             for value in batch.to_pylist():
                 n += 1
-                yield Row(source, n, value, _raw(orjson.dumps(value, default=str).decode()), None)
+                yield Row(source, n, value, None, None)
 
 
 # --- JSON arrays ------------------------------------------------------------------------------------------
 
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 _TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(")?|[\[\]{},]', re.DOTALL)
+_STRING_REST = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
 
 
-def _scan_depth(f: IO[bytes], offset: int, depth: int, end: int) -> tuple[int, int]:
-    """Scan from `offset` (outside strings, at `depth`) towards `end`; return the last offset <= end that is
-    outside strings, and the bracket depth there. C speed: one regex pass deletes the string literals of a
-    16 MiB chunk and `bytes.count` counts the brackets left; a string cut by the chunk end is carried over."""
+def _depth_change(data: bytes, in_string: bool) -> tuple[int, bool]:
+    """Bracket depth change over `data` and whether it ends inside a string, at C speed: drop escaped
+    backslashes and quotes, keep only quotes and brackets, drop what lies between quote pairs, count.
+    `data` must start at an escape boundary and must not end with a backslash (callers hold those back)."""
+    if b"\\" in data:
+        data = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    parts = data.translate(None, _NOT_STRUCTURE).split(b'"')
+    outside = b"".join(parts[1::2] if in_string else parts[0::2])
+    delta = outside.count(b"[") + outside.count(b"{") - outside.count(b"]") - outside.count(b"}")
+    return delta, in_string != (len(parts) % 2 == 0)
+
+
+def _scan_depth(f: IO[bytes], offset: int, depth: int, end: int) -> tuple[int, int, bool]:
+    """Scan [offset, end) from a point outside strings at `depth`: (offset reached, depth there, inside a
+    string there). The offset reached is `end` less any trailing backslashes (an escape cut in two)."""
     f.seek(offset)
-    carry = b""
-    while offset + len(carry) < end:
-        chunk = f.read(min(CHUNK, end - offset - len(carry)))
+    in_string = False
+    held = b""
+    while offset + len(held) < end:
+        chunk = f.read(min(CHUNK, end - offset - len(held)))
         if not chunk:
             break
-        data = carry + chunk
-        stripped = _STRING.sub(b"", data)
-        q = stripped.find(b'"')
-        if q >= 0:  # an unterminated string at the end: its bytes are intact in `stripped`
-            carry = data[len(data) - (len(stripped) - q) :]
-            stripped = stripped[:q]
-        else:
-            carry = b""
-        depth += stripped.count(b"[") + stripped.count(b"{") - stripped.count(b"]") - stripped.count(b"}")
-        offset += len(data) - len(carry)
-    return offset, depth
+        data = held + chunk if held else chunk
+        body = data.rstrip(b"\\")
+        held = data[len(body) :]
+        delta, in_string = _depth_change(body, in_string)
+        depth += delta
+        offset += len(body)
+    return offset, depth, in_string
 
 
-def _element_start(f: IO[bytes], source: str, offset: int, depth: int, pos: int) -> tuple[int, int]:
+def _element_start(
+    f: IO[bytes], source: str, offset: int, depth: int, in_string: bool, pos: int
+) -> tuple[int, int]:
     """The first element boundary >= pos of the top-level array: the offset just after its `[` or a
-    top-level `,`, or the offset of its closing `]`. Tokenizes from (offset, depth) (outside strings)."""
+    top-level `,`, or the offset of its closing `]`. Tokenizes from (offset, depth, in_string)."""
     f.seek(offset)
     data = b""
     base = offset
     while True:
         more = f.read(READ)
         data += more
+        at = 0
+        if in_string:
+            m = _STRING_REST.match(data)
+            if m is None:
+                if not more:
+                    raise BadInput(f"{storage.redact(source)}: invalid JSON (unterminated string)")
+                continue
+            at, in_string = m.end(), False
         keep = len(data)
-        for m in _TOKEN.finditer(data):
+        for m in _TOKEN.finditer(data, at):
             ch = data[m.start()]
             if ch == 0x22:  # a string
                 if m.group(1) is None:
@@ -520,58 +553,40 @@ def _array_close(f: IO[bytes], source: str) -> int:
     return at + len(tail) - 1
 
 
-class _ArrayPart:
-    """The elements in [start, end) of a JSON array, re-wrapped as a JSON array for ijson."""
-
-    def __init__(self, f: IO[bytes], start: int, end: int) -> None:
-        self.f = f
-        f.seek(start)
-        self.left = end - start
-        self.pending = b"["
-        self.done = False
-
-    def read(self, n: int = -1) -> bytes:
-        if n == 0:  # ijson probes the type with read(0)
-            return b""
-        if self.pending:
-            out, self.pending = self.pending, b""
-            return out
-        if self.left > 0:
-            data = self.f.read(min(n if n > 0 else READ, self.left))
-            if not data:
-                self.left = 0
-            else:
-                self.left -= len(data)
-                return data
-        if not self.done:
-            self.done = True
-            return b"]"
-        return b""
+def _boundary(f: IO[bytes], source: str, known: int, depth: int, pos: int) -> tuple[int, int]:
+    """The first element boundary >= pos, scanning from `known` (outside strings, at `depth`)."""
+    # scan to one byte before `pos`: a separator that ends exactly at `pos` must still be seen
+    offset, depth, in_string = _scan_depth(f, known, depth, max(pos - 1, known))
+    return _element_start(f, source, offset, depth, in_string, pos)
 
 
 def _read_json_array(split: Split) -> Iterator[Row]:
-    import ijson
-
+    """Elements whose boundary lies in the split, parsed by orjson a block (~4 MiB of whole elements) at a
+    time: the block ends are found like the split ends, so memory stays at a block and one element."""
     source = split.source
     with storage.open_read(source) as f:
         close = _array_close(f, source)  # ranges stop at the closing bracket, so every scan meets it
         lo, hi = min(split.start, close), min(split.end, close)
-        # scan to one byte before: a separator ending exactly at `lo` must still be seen
-        offset, depth = _scan_depth(f, 0, 0, lo - 1)
-        start, depth = _element_start(f, source, offset, depth, lo)
+        start, depth = _boundary(f, source, 0, 0, lo)
         if start >= hi:  # no element starts in this range
             return
-        offset, depth = _scan_depth(f, start, depth, hi - 1)
-        end, _ = _element_start(f, source, offset, depth, hi)
-        f.seek(end - 1)
-        if f.read(1) == b",":
-            end -= 1
+        end, _ = _boundary(f, source, start, depth, hi)
         n = 0
-        try:
-            for value in ijson.items(_ArrayPart(f, start, end), "item", use_float=True):
+        block_start = start
+        while block_start < end:
+            block_end = end
+            if end - block_start > READ:
+                block_end, _ = _boundary(f, source, block_start, 1, block_start + READ)
+                block_end = min(block_end, end)
+            f.seek(block_start)
+            data = f.read(block_end - block_start).rstrip(b" \t\r\n")
+            try:
+                values = orjson.loads(b"[" + data.removesuffix(b",") + b"]")
+            except orjson.JSONDecodeError as exc:
+                raise BadInput(
+                    f"{storage.redact(source)}: invalid JSON in bytes {block_start}-{block_end} ({exc})"
+                ) from None
+            for value in values:
                 n += 1
-                yield Row(source, n, value, _raw(orjson.dumps(value).decode()), None)
-        except ijson.JSONError as exc:
-            raise BadInput(
-                f"{storage.redact(source)}: invalid JSON after element {n} of bytes {start}-{end} ({exc})"
-            ) from None
+                yield Row(source, n, value, None, None)
+            block_start = block_end
