@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 NEMO_IMAGE ?= nvcr.io/nvidia/nemo:24.05
 IMAGE ?= neva-prep:latest
-PLAN ?= job/neva_prep/sample/plan.yaml
+PLAN ?= $(OUT)/sample/plan.yaml
 OUT ?= build
 
 .PHONY: install run test lint typecheck unit bench bench-model bench-data docker-build docker-run k8s slurm clean
