@@ -244,6 +244,19 @@ def test_broken_json_array_is_bad_input(tmp_path: Path) -> None:
         read_all(str(path), "llava", LLAVA)
 
 
+def test_json_array_edges(tmp_path: Path) -> None:
+    path = tmp_path / "x.json"
+    path.write_bytes(b"\xef\xbb\xbf [ ] \n")
+    assert read_all(str(path), "llava", LLAVA, shards=3) == []
+    path.write_bytes(b'\xef\xbb\xbf[{"id": "\\"[,"}, "s", 3]')  # BOM, escaped quote, non-object elements
+    assert [r.value for r in read_all(str(path), "llava", LLAVA, shards=4)] == [{"id": '"[,'}, "s", 3]
+    path.write_bytes(b'[{"id": "caf\xe9"}]')
+    with pytest.raises(BadInput, match="invalid JSON in bytes"):
+        read_all(str(path), "llava", LLAVA)
+    path.write_text('{"id": 1}\n{"id": 2}\n')  # a .json file of JSON lines
+    assert [r.value for r in read_all(str(path), "llava", LLAVA, shards=2)] == [{"id": 1}, {"id": 2}]
+
+
 # --- Parquet -----------------------------------------------------------------------------------------------
 
 
