@@ -47,6 +47,11 @@ def _local_path(url: str) -> str:
     return url[len("file://") :] if url.startswith("file://") else url
 
 
+def local_path(url: str) -> str:
+    """The filesystem path of a local URL (`file://` stripped); for code that needs an OS file descriptor."""
+    return _local_path(url)
+
+
 def filesystem(url: str) -> AbstractFileSystem:
     """The fsspec filesystem for `url`, configured from the environment only."""
     proto = protocol(url)

@@ -77,9 +77,12 @@ def plan_members(
 class _Producer:
     """Turns a `Part` into output bytes: source slices cast to the output dtype (on the GPU if asked)."""
 
-    def __init__(self, ckpt: hf.HFCheckpoint, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, ckpt: hf.HFCheckpoint, dtype: torch.dtype, device: torch.device, *, ranges: bool = False
+    ) -> None:
         self.ckpt, self.dtype, self.device = ckpt, dtype, device
         self.cfg = ckpt.config
+        self.ranges = ranges  # may yield FileRange for data that is copied unchanged
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         if t.dtype == self.dtype:
@@ -88,16 +91,24 @@ class _Producer:
             return t.to(self.device).to(self.dtype).cpu()
         return t.to(self.dtype)
 
-    def __call__(self, part: Part) -> Iterator[memoryview]:
-        if part.op == "qkv":
-            q, k, v = (self.ckpt.read(n) for n in part.sources)
-            if self.device.type == "cuda":
-                q, k, v = (t.to(self.device) for t in (q, k, v))
-            fused = mapping.fuse_qkv(q, k, v, self.cfg.num_heads, self.cfg.num_kv_heads)
-            yield tensor_data(self._cast(fused).cpu())
+    def __call__(self, part: Part) -> Iterator[memoryview | hf.FileRange]:
+        if part.op == "qkv":  # streamed block by block in the fused order, never concatenated
+            blocks = mapping.qkv_blocks(self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim)
+            if self.ranges and all(self.ckpt.refs[n].dtype == self.dtype for n in part.sources):
+                ranges = [self.ckpt.local_range(part.sources[i], start, stop) for i, start, stop in blocks]
+                if all(r is not None for r in ranges):
+                    yield from (r for r in ranges if r is not None)
+                    return
+            q, k, v = (self._cast(self.ckpt.read(n)) for n in part.sources)
+            for i, start, stop in blocks:
+                yield tensor_data((q, k, v)[i][start:stop])
             return
         for name in part.sources:  # copy, or cat (each source in order)
             ref = self.ckpt.refs[name]
+            whole = self.ckpt.local_range(name) if self.ranges and ref.dtype == self.dtype else None
+            if whole is not None:
+                yield whole
+                continue
             if len(ref.shape) < 2:
                 yield tensor_data(self._cast(self.ckpt.read(name)))
                 continue
@@ -125,7 +136,8 @@ def convert_checkpoint(
         if storage.isdir(destination):
             raise BadInput(f"{storage.redact(destination)}: is a directory; give the .nemo file name")
         members, tok_member = plan_members(cfg, tokenizer, precision=precision, layout=layout)
-        produce = _Producer(ckpt, DTYPES[precision], dev)
+        # the legacy zip needs every byte for its CRCs; the mcore chunks can be copied by the kernel
+        produce = _Producer(ckpt, DTYPES[precision], dev, ranges=layout == "mcore")
         total = sum(m.size for m in members)
         tensors = sum(len(m.ckpt.sources) if m.ckpt else 0 for m in members) or (
             len(mapping.MCORE_GLOBAL) + len(mapping.MCORE_LAYER) * cfg.num_layers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 from collections.abc import Iterator
@@ -183,6 +184,20 @@ def check_tokenizer(source: str, config: LlamaConfig) -> bytes:
 
 
 @dataclass(frozen=True)
+class FileRange:
+    """`size` bytes at `offset` of an open local file: tensor data that needs no conversion."""
+
+    fd: int
+    offset: int
+    size: int
+    file: str
+    name: str
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass(frozen=True)
 class TensorRef:
     """Where one source tensor lives: a safetensors byte range, or a key of a `.bin` shard."""
 
@@ -251,6 +266,7 @@ class HFCheckpoint:
         self.refs: dict[str, TensorRef] = {}
         self._files: dict[str, IO[bytes]] = {}
         self._bin: dict[str, dict[str, torch.Tensor]] = {}
+        self._fds: dict[str, int] = {}
         self._find_weights()
         self._check_shapes()
 
@@ -334,6 +350,21 @@ class HFCheckpoint:
         ref = self.refs[name]
         return self.read_rows(name, 0, ref.shape[0] if ref.shape else 1)
 
+    def local_range(self, name: str, start: int = 0, stop: int | None = None) -> FileRange | None:
+        """Rows [start, stop) of `name` as a local file range (for a kernel-side copy), if they are one."""
+        ref = self.refs[name]
+        if ref.offset < 0 or not storage.is_local(ref.file):
+            return None
+        fd = self._fds.get(ref.file)
+        if fd is None:
+            fd = self._fds[ref.file] = os.open(storage.local_path(ref.file), os.O_RDONLY)
+        if len(ref.shape) < 2:
+            return FileRange(fd, ref.offset, ref.nbytes, ref.file, name)
+        stop = ref.shape[0] if stop is None else stop
+        return FileRange(
+            fd, ref.offset + start * ref.row_bytes, (stop - start) * ref.row_bytes, ref.file, name
+        )
+
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of tensor `name`, as a fresh CPU tensor in its stored dtype."""
         ref = self.refs[name]
@@ -364,6 +395,9 @@ class HFCheckpoint:
             f.close()
         self._files.clear()
         self._bin.clear()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     def __enter__(self) -> HFCheckpoint:
         return self

@@ -94,20 +94,29 @@ def layer_source(layer: int, name: str) -> str:
     return f"model.layers.{layer}.{name}"
 
 
+def qkv_blocks(num_heads: int, num_groups: int, head_dim: int) -> list[tuple[int, int, int]]:
+    """Megatron's fused QKV row order as (source 0=q 1=k 2=v, first row, end row) blocks: for each query
+    group g, its num_heads/num_groups q heads, then k head g, then v head g.
+
+    Multi-head models give q0,k0,v0,q1,k1,v1,…; HF's rows already use Megatron's RoPE order (no permutation).
+    Each block is a contiguous row range of one source, so the writer can stream (or kernel-copy) them.
+    """
+    per = num_heads // num_groups
+    blocks: list[tuple[int, int, int]] = []
+    for g in range(num_groups):
+        blocks.append((0, g * per * head_dim, (g + 1) * per * head_dim))
+        blocks.append((1, g * head_dim, (g + 1) * head_dim))
+        blocks.append((2, g * head_dim, (g + 1) * head_dim))
+    return blocks
+
+
 def fuse_qkv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, num_groups: int
 ) -> torch.Tensor:
-    """Megatron's fused QKV: for each query group g, its num_heads/num_groups q heads, then k_g, then v_g.
-
-    Multi-head models give q0,k0,v0,q1,k1,v1,…; HF's rows already use Megatron's RoPE order (no permutation).
-    """
-    hidden = q.shape[-1]
-    d = q.shape[0] // num_heads
-    per = num_heads // num_groups
-    qg = q.reshape(num_groups, per, d, hidden)
-    kg = k.reshape(num_groups, 1, d, hidden)
-    vg = v.reshape(num_groups, 1, d, hidden)
-    return torch.cat((qg, kg, vg), dim=1).reshape(-1, hidden)
+    """The fused `linear_qkv` weight from HF's q, k, v projections (rows in `qkv_blocks` order)."""
+    sources = (q, k, v)
+    blocks = qkv_blocks(num_heads, num_groups, q.shape[0] // num_heads)
+    return torch.cat([sources[i][a:b] for i, a, b in blocks])
 
 
 def split_qkv(

@@ -31,7 +31,9 @@ from typing import IO, Any, Literal
 
 import torch
 
+from neva_prep.errors import StepFailed
 from neva_prep.model import mapping
+from neva_prep.model.hf import FileRange
 
 MTIME = 0
 TAR_FORMAT: Literal[0, 1, 2] = tarfile.PAX_FORMAT  # type: ignore[assignment]
@@ -236,15 +238,51 @@ def legacy_members(
 
 
 class TarStream:
-    """Write an uncompressed tar to a forward-only stream, member data streamed after its header."""
+    """Write an uncompressed tar to a forward-only stream, member data streamed after its header.
+
+    Tensor data that needs no conversion may come as a `FileRange` of a local source: into a local file it
+    is copied by the kernel (`copy_file_range`, what `cp` does), never passing through our memory.
+    """
+
+    _BUFFER = 16 * 2**20
 
     def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.pos = 0
+        try:
+            self._fd: int | None = f.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            self._fd = None
+        self._buf: bytearray | None = None
 
-    def write(self, data: bytes | memoryview) -> None:
-        self.f.write(data)
+    def write(self, data: bytes | memoryview | FileRange) -> None:
+        if isinstance(data, FileRange):
+            self._copy_range(data)
+        else:
+            self.f.write(data)
         self.pos += len(data)
+
+    def _copy_range(self, r: FileRange) -> None:
+        done = 0
+        if self._fd is not None:
+            self.f.flush()
+            try:
+                while done < r.size:
+                    n = os.copy_file_range(r.fd, self._fd, r.size - done, r.offset + done)
+                    if n == 0:
+                        break
+                    done += n
+            except OSError:
+                pass  # not supported between these files: copy through a buffer below
+        if done < r.size:
+            self._buf = self._buf or bytearray(self._BUFFER)
+            view = memoryview(self._buf)
+            while done < r.size:
+                n = os.preadv(r.fd, [view[: min(len(view), r.size - done)]], r.offset + done)
+                if n <= 0:
+                    raise StepFailed(f"{r.file}: {r.name!r} ended early (truncated while converting?)")
+                self.f.write(view[:n])
+                done += n
 
     def header(self, member: Member) -> None:
         info = tarfile.TarInfo(member.name)
@@ -383,7 +421,9 @@ class TorchZip:
         return struct.pack("<HH", 1, len(fields)) + fields if fields else b""
 
     def write(
-        self, out: Callable[[bytes | memoryview], None], tensor_bytes: Callable[[Part], Iterator[memoryview]]
+        self,
+        out: Callable[[bytes | memoryview], None],
+        tensor_bytes: Callable[[Part], Iterator[memoryview | FileRange]],
     ) -> None:
         """Write the archive through `out`; `tensor_bytes(part)` streams one tensor's output bytes."""
         for rec in self.records:
@@ -399,12 +439,13 @@ class TorchZip:
             crc, written = 0, 0
             if short.startswith("data/"):
                 source = self.sources[short[len("data/") :]]
-                chunks: Iterable[bytes | memoryview] = (
+                chunks: Iterable[bytes | memoryview | FileRange] = (
                     tensor_bytes(source) if isinstance(source, Part) else [tensor_data(source)]
                 )
             else:
                 chunks = [self._small[short]]
-            for chunk in chunks:
+            for piece in chunks:
+                chunk = read_range(piece) if isinstance(piece, FileRange) else piece
                 crc = zlib.crc32(chunk, crc)
                 written += len(chunk)
                 out(chunk)
@@ -440,6 +481,13 @@ class TorchZip:
                 min(self._cd_size, 0xFFFFFFFF), min(self._cd_offset, 0xFFFFFFFF), 0,
             )
         )  # fmt: skip
+
+
+def read_range(r: FileRange) -> bytes:
+    data = os.pread(r.fd, r.size, r.offset)
+    if len(data) != r.size:
+        raise StepFailed(f"{r.file}: {r.name!r} ended early (truncated while converting?)")
+    return data
 
 
 def tensor_data(t: torch.Tensor) -> memoryview:
