@@ -233,9 +233,21 @@ def test_json_array_is_streamed_not_loaded(tmp_path: Path) -> None:
 
 def test_broken_json_array_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
-    path.write_text('[{"id": 1}, {"id": 2,}]')
-    with pytest.raises(BadInput, match=r"x\.json: invalid JSON"):
-        read_all(str(path), "llava", LLAVA)
+    path.write_bytes(b'[{"id": 1}, {"id": 2,}, {"id": "caf\xe9"}, , {"id": 5}]')
+    rows = read_all(str(path), "llava", LLAVA)  # bad elements become rows with an error, with their text
+    assert [(r.value, r.raw, (r.error or "").split(":")[0]) for r in rows] == [
+        ({"id": 1}, '{"id": 1}', ""),
+        (None, '{"id": 2,}', "invalid json"),
+        (None, '{"id": "caf\ufffd"}', "invalid utf-8"),
+        (None, "", "invalid json"),
+        ({"id": 5}, '{"id": 5}', ""),
+    ]
+    for broken in ('[{"id": 1}, {"id": {2}]', '[{"id": 1}, {"id": 2,]}]'):
+        path.write_text(broken)
+        with pytest.raises(BadInput, match=r"x\.json: invalid JSON"):
+            read_all(str(path), "llava", LLAVA)
+    path.write_text('[{"id": 1},]')  # a trailing comma: an empty last element, not silently dropped
+    assert [r.error is not None for r in read_all(str(path), "llava", LLAVA)] == [False, True]
     path.write_text('[{"id": 1}, {"id": 2}')
     with pytest.raises(BadInput, match="not closed"):
         read_all(str(path), "llava", LLAVA)
@@ -251,8 +263,7 @@ def test_json_array_edges(tmp_path: Path) -> None:
     path.write_bytes(b'\xef\xbb\xbf[{"id": "\\"[,"}, "s", 3]')  # BOM, escaped quote, non-object elements
     assert [r.value for r in read_all(str(path), "llava", LLAVA, shards=4)] == [{"id": '"[,'}, "s", 3]
     path.write_bytes(b'[{"id": "caf\xe9"}]')
-    with pytest.raises(BadInput, match="invalid JSON in bytes"):
-        read_all(str(path), "llava", LLAVA)
+    assert [r.error for r in read_all(str(path), "llava", LLAVA)] == ["invalid utf-8: byte 12 of the element"]
     path.write_text('{"id": 1}\n{"id": 2}\n')  # a .json file of JSON lines
     assert [r.value for r in read_all(str(path), "llava", LLAVA, shards=2)] == [{"id": 1}, {"id": 2}]
 

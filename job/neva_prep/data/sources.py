@@ -560,6 +560,14 @@ def _boundary(f: IO[bytes], source: str, known: int, depth: int, pos: int) -> tu
     return _element_start(f, source, offset, depth, in_string, pos)
 
 
+def _checked_boundary(f: IO[bytes], source: str, known: int, depth: int, pos: int, close: int) -> int:
+    """`_boundary`, refusing a top level that ends anywhere but at the file's last `]`."""
+    at, depth = _boundary(f, source, known, depth, pos)
+    if depth == 0 and at != close:
+        raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {at} (unbalanced brackets)")
+    return at
+
+
 def _read_json_array(split: Split) -> Iterator[Row]:
     """Elements whose boundary lies in the split, parsed by orjson a block (~4 MiB of whole elements) at a
     time: the block ends are found like the split ends, so memory stays at a block and one element."""
@@ -568,25 +576,70 @@ def _read_json_array(split: Split) -> Iterator[Row]:
         close = _array_close(f, source)  # ranges stop at the closing bracket, so every scan meets it
         lo, hi = min(split.start, close), min(split.end, close)
         start, depth = _boundary(f, source, 0, 0, lo)
+        if depth == 0 and start != close:
+            raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {start} (unbalanced brackets)")
         if start >= hi:  # no element starts in this range
             return
-        end, _ = _boundary(f, source, start, depth, hi)
+        end = _checked_boundary(f, source, start, depth, hi, close)
         n = 0
         block_start = start
         while block_start < end:
             block_end = end
             if end - block_start > READ:
-                block_end, _ = _boundary(f, source, block_start, 1, block_start + READ)
-                block_end = min(block_end, end)
+                block_end = min(_checked_boundary(f, source, block_start, 1, block_start + READ, close), end)
             f.seek(block_start)
             data = f.read(block_end - block_start).rstrip(b" \t\r\n")
+            if block_end != close:  # the block ends just after a top-level comma
+                data = data.removesuffix(b",")
             try:
-                values = orjson.loads(b"[" + data.removesuffix(b",") + b"]")
-            except orjson.JSONDecodeError as exc:
-                raise BadInput(
-                    f"{storage.redact(source)}: invalid JSON in bytes {block_start}-{block_end} ({exc})"
-                ) from None
-            for value in values:
-                n += 1
-                yield Row(source, n, value, None, None)
+                values = orjson.loads(b"[" + data + b"]")
+            except orjson.JSONDecodeError:
+                # rare: find the bad elements one by one (Python speed, this block only)
+                for element in _split_elements(data, source, block_start):
+                    n += 1
+                    yield _element_row(source, n, element)
+            else:
+                for value in values:
+                    n += 1
+                    yield Row(source, n, value, None, None)
             block_start = block_end
+
+
+def _split_elements(data: bytes, source: str, offset: int) -> Iterator[bytes]:
+    """The top-level elements of `data` (the inside of an array, from just after a separator); BadInput if
+    its brackets or strings do not balance, since then no element boundary can be trusted."""
+    depth = 1
+    begin = 0
+    for m in _TOKEN.finditer(data):
+        ch = data[m.start()]
+        if ch == 0x22:
+            if m.group(1) is None:
+                break
+            continue
+        if ch in (0x5B, 0x7B):
+            depth += 1
+        elif ch in (0x5D, 0x7D):
+            depth -= 1
+            if depth < 1:
+                break
+        elif depth == 1:
+            yield data[begin : m.start()]
+            begin = m.end()
+    else:
+        if depth == 1:
+            yield data[begin:]
+            return
+    raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {offset + begin} (unbalanced brackets)")
+
+
+def _element_row(source: str, n: int, element: bytes) -> Row:
+    raw = element.strip()[: RAW_LIMIT + 8].decode("utf-8", errors="replace")
+    raw = raw if len(raw) <= RAW_LIMIT else raw[:RAW_LIMIT] + "…"
+    try:
+        return Row(source, n, orjson.loads(element), raw, None)
+    except orjson.JSONDecodeError as exc:
+        try:
+            element.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return Row(source, n, None, raw, f"invalid utf-8: byte {uexc.start + 1} of the element")
+        return Row(source, n, None, raw, f"invalid json: {exc}")
