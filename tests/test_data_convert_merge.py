@@ -292,3 +292,29 @@ def test_merged_output_is_identical_whatever_the_shard_count(
         rows_of = {f"part-{i}.csv": len(part) for i, part in enumerate(per_file)}
         assert all(1 <= r["row"] <= rows_of[Path(r["source"]).name] for r in rejects)
         assert len({(r["source"], r["row"]) for r in rejects}) == len(rejects)
+
+
+def test_bad_input_exits_2_and_leaves_nothing(tmp_path: Path) -> None:
+    src = tmp_path / "webvid.csv"
+    src.write_text("videoid,name\n1,a caption\n", encoding="utf-8")  # no page_dir column
+    dst = tmp_path / "out"
+    r = neva("data", "convert", str(src), str(dst), "--from", "webvid", "--media", "video")
+    assert r.returncode == 2
+    assert r.stderr.startswith("neva-prep: error: ") and "page_dir" in r.stderr and r.stderr.count("\n") == 1
+    assert [p.name for p in dst.rglob("*") if p.is_file()] == []
+
+    r = neva(
+        "data", "convert", str(tmp_path / "absent-*.csv"), str(dst), "--from", "webvid", "--media", "video"
+    )
+    assert r.returncode == 2 and "matches no input files" in r.stderr
+
+
+def test_converted_output_passes_validate(tmp_path: Path) -> None:
+    src = tmp_path / "llava.json"
+    src.write_bytes(orjson.dumps(llava_records()))
+    dst = tmp_path / "out"
+    assert neva("data", "convert", str(src), str(dst), "--from", "llava", "--media", "image").returncode == 0
+    assert neva("data", "merge", str(dst), "--name", "neva").returncode == 0
+    r = neva("data", "validate", str(dst / "neva.json"), "--media", "image")
+    assert r.returncode == 0, r.stdout
+    assert "valid: 5 records, 5 valid, 0 invalid" in r.stdout  # text-only kept for image
