@@ -396,3 +396,17 @@ def test_bad_options_are_bad_input(models: dict[str, Path], tmp_path: Path) -> N
         with pytest.raises(BadInput):
             convert_checkpoint(str(models["mha"]), str(tmp_path / "x.nemo"), **kwargs)  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("heads", "groups"), [(4, 4), (4, 2), (8, 1), (64, 8)])
+def test_qkv_fusion_is_nemos_loop_and_split_inverts_it(heads: int, groups: int) -> None:
+    from neva_prep.model.mapping import fuse_qkv, split_qkv
+
+    d = 3
+    h = heads * d
+    g = torch.Generator().manual_seed(heads * 100 + groups)
+    q, k = torch.randn(heads * d, h, generator=g), torch.randn(groups * d, h, generator=g)
+    v = torch.randn(groups * d, h, generator=g)
+    fused = fuse_qkv(q, k, v, heads, groups)
+    assert torch.equal(fused, nemo_converter_qkv(q, k, v, heads, groups))
+    assert all(torch.equal(a, b) for a, b in zip(split_qkv(fused, heads, groups), (q, k, v), strict=True))
