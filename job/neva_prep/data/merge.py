@@ -202,6 +202,7 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
             kept = 0
             for lines in batches:
                 entries = index.take(len(lines))
+                progress.advance(len(lines))
                 keys = entries["id"].tolist()
                 fresh = set(keys)
                 if len(fresh) == len(keys) and seen.isdisjoint(fresh):
@@ -244,7 +245,7 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
                 pending = next(shard_rejects, None)
             input_rows += split["rows"]
             converted += kept
-            progress.advance(split["rows"])
+            progress.advance(split["rows"] - split["converted"])
         writer.close()
 
         # Independent tallies: rows read from the splits, records copied, rejects the shards and the
