@@ -100,6 +100,7 @@ def convert_shard(
         raise BadInput(
             f"--shard-index {shard_index} is out of range for --num-shards {num_shards} (0..{num_shards - 1})"
         )
+    record_builder(options)  # unusable options (--from webvid --media image, ...) fail before any I/O
     sources = expand_sources(source)
     splits = splits_for_shard(sources, options.source_format, num_shards, shard_index)
     directory = shards.shard_dir(destination, shard_index, num_shards)
