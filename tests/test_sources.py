@@ -221,14 +221,21 @@ def test_json_splits_cover_every_record_once(
 def test_json_array_is_streamed_not_loaded(tmp_path: Path) -> None:
     # a big array read with tiny chunks: the reader never needs more than a chunk plus one element
     records = [
-        {"id": str(i), "image": f"d/{i}.jpg", "conversations": [{"from": "human", "value": "<image>\n[q]"}]}
+        {
+            "id": str(i),
+            "image": f"d/{i}.jpg",
+            "meta": [{"a": [1]}, {"b": "]},"}],  # looks like element ends: block guesses must be proven
+            "conversations": [{"from": "human", "value": "<image>\n[q]},"}],
+        }
         for i in range(300)
     ]
     path = tmp_path / "big.json"
-    path.write_bytes(orjson.dumps(records))  # one line, no newline anywhere
-    with tiny_chunks(64):
-        rows = read_all(str(path), "llava", LLAVA, shards=4)
-    assert [r.value for r in rows] == records
+    for data in (orjson.dumps(records), orjson.dumps(records, option=orjson.OPT_INDENT_2)):
+        path.write_bytes(data)  # one line with no newline anywhere, then indented
+        for chunk in (64, 200, 1000):
+            with tiny_chunks(chunk):
+                rows = read_all(str(path), "llava", LLAVA, shards=4)
+            assert [r.value for r in rows] == records
 
 
 def test_broken_json_array_is_bad_input(tmp_path: Path) -> None:

@@ -570,7 +570,8 @@ def _checked_boundary(f: IO[bytes], source: str, known: int, depth: int, pos: in
 
 def _read_json_array(split: Split) -> Iterator[Row]:
     """Elements whose boundary lies in the split, parsed by orjson a block (~4 MiB of whole elements) at a
-    time: the block ends are found like the split ends, so memory stays at a block and one element."""
+    time, so memory stays at a block and one element. Block ends are guessed and proven by the parse
+    (`_guess_block`); only the block that reaches the split end (or a failed guess) is scanned exactly."""
     source = split.source
     with storage.open_read(source) as f:
         close = _array_close(f, source)  # ranges stop at the closing bracket, so every scan meets it
@@ -580,13 +581,24 @@ def _read_json_array(split: Split) -> Iterator[Row]:
             raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {start} (unbalanced brackets)")
         if start >= hi:  # no element starts in this range
             return
-        end = _checked_boundary(f, source, start, depth, hi, close)
         n = 0
         block_start = start
-        while block_start < end:
-            block_end = end
-            if end - block_start > READ:
-                block_end = min(_checked_boundary(f, source, block_start, 1, block_start + READ, close), end)
+        last = False
+        while not last and block_start < hi:  # a boundary at `hi` itself belongs to the next split
+            if hi - block_start > READ:
+                guessed = _guess_block(f, block_start)
+                if guessed is not None:
+                    cut, values = guessed
+                    for value in values:
+                        n += 1
+                        yield Row(source, n, value, None, None)
+                    block_start = cut
+                    continue
+                block_end = _checked_boundary(f, source, block_start, 1, block_start + READ, close)
+                last = block_end >= hi  # no boundary in [block_start + READ, block_end) ⊇ [hi, block_end)
+            else:
+                block_end = _checked_boundary(f, source, block_start, 1, hi, close)
+                last = True
             f.seek(block_start)
             data = f.read(block_end - block_start).rstrip(b" \t\r\n")
             if block_end != close:  # the block ends just after a top-level comma
@@ -603,6 +615,31 @@ def _read_json_array(split: Split) -> Iterator[Row]:
                     n += 1
                     yield Row(source, n, value, None, None)
             block_start = block_end
+
+
+_GUESSES = (re.compile(rb"\][ \t\r\n]*\}[ \t\r\n]*,"), re.compile(rb"\}[ \t\r\n]*,"))
+
+
+def _guess_block(f: IO[bytes], start: int) -> tuple[int, list[Any]] | None:
+    """Parse ~READ bytes of whole elements from `start` (an element boundary) without scanning them first:
+    cut after the last `]},` or `},` and let orjson judge. If `[` + cut + `]` parses, the cut is a top-level
+    boundary (a cut inside a string or a nested value cannot balance), so the guess is safe; otherwise the
+    caller scans for the exact boundary. Returns (offset after the cut, values) or None."""
+    f.seek(start)
+    data = f.read(READ)
+    tail = max(0, len(data) - 2**16)
+    for pattern in _GUESSES:  # LLaVA records end with their `conversations` list: `]}` then the comma
+        last = None
+        for last in pattern.finditer(data, tail):  # noqa: B007 - only the last match is wanted
+            pass
+        if last is None:
+            continue
+        comma = last.end() - 1
+        try:
+            return start + comma + 1, orjson.loads(b"[" + data[:comma] + b"]")
+        except orjson.JSONDecodeError:
+            continue
+    return None
 
 
 def _split_elements(data: bytes, source: str, offset: int) -> Iterator[bytes]:
