@@ -1,21 +1,21 @@
 """Readers: one shard's share of the input files, as `Row`s, streamed through the storage layer.
 
-Sharding is by byte ranges. Each input file's data region is cut into `num_shards` equal ranges; shard i
-owns the records that START in its range, so the shards together cover every record exactly once and, taken
-in index order, in source order. A reader finds the first record boundary at or after its range start:
+Sharding is by byte ranges. Each input file is cut into `num_shards` equal ranges; shard i owns the records
+that START in its range, so the shards together cover every record exactly once and, taken in index order,
+in source order. A reader finds the record boundaries at or after both ends of its range, then reads between
+them in big chunks (seeks, never the whole file; memory stays at a chunk plus one record):
 - JSONL: the byte after a newline (a literal newline never occurs inside a JSON string).
-- CSV: the byte after a newline that is outside quotes. Quote parity is known only from a known boundary,
-  so the reader counts `"` bytes from the end of the header to the range start in 16 MiB chunks
-  (`bytes.count`, C speed, ~5 GB/s locally; on s3 the prefix is read once per shard, so the total read is
-  about `num_shards / 2` times the file). Records are then cut by the same parity rule while reading, so
-  boundaries never disagree between shards, even on malformed quoting.
-- JSON array: the first top-level element that starts at or after the range start. Bracket depth is known
-  only from the start of the file: the prefix is scanned in chunks with one regex pass that deletes string
-  literals and `bytes.count` of the brackets left (C speed); the few bytes after the range start are then
-  tokenized to find the element. The share is parsed with ijson (yajl2_c), so memory stays flat.
-- Parquet: the row groups whose first byte falls in the range, read one batch at a time with pyarrow.
-Rows that cannot be read (invalid UTF-8, malformed CSV, invalid JSON) come out as `Row(error=...)`, with the
-raw text, so that the merge can report them; a file that cannot be read at all is `BadInput`.
+- CSV: the byte after a newline outside quotes. Quote parity is known only from a known boundary (the end of
+  the header), so the reader counts `"` bytes from there to its range start in 16 MiB chunks (`bytes.count`,
+  C speed). On object storage shard i thus reads i/N of the file first: the whole job reads about N/2 file
+  sizes. Records are cut by the same parity rule while reading, so shards never disagree on boundaries,
+  even on malformed quoting; each record is then parsed by `csv.reader` (strict).
+- JSON array: the byte after the `[` or a top-level `,`. Bracket depth is known only from the file start: the
+  prefix is scanned at C speed (`_depth_change`), the bytes near the range start tokenized with a regex.
+  Elements are parsed by orjson in blocks of ~4 MiB (`_guess_block`).
+- Parquet: the row groups whose first page lies in the range, read one batch at a time with pyarrow.
+Rows that cannot be read (invalid UTF-8, malformed CSV, invalid JSON) come out as `Row`s with `error` set and
+their raw text, so that the merge can report them; a file that cannot be read at all is `BadInput`.
 """
 
 from __future__ import annotations
@@ -72,15 +72,6 @@ class Row:
             return self.raw_text
         text = orjson.dumps(self.value, default=str).decode()
         return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
-
-
-def _raw(text: str) -> str:
-    text = text.rstrip("\r\n")
-    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT] + "…"
-
-
-def _raw_bytes(data: bytes) -> str:
-    return _raw(data[: RAW_LIMIT + 8].decode("utf-8", errors="replace"))
 
 
 # --- file kinds -------------------------------------------------------------------------------------------
@@ -183,8 +174,8 @@ def _first_byte(f: IO[bytes]) -> bytes:
 # --- line-based: JSONL and CSV ----------------------------------------------------------------------------
 
 
-def _lines(f: IO[bytes], pos: int, end: int | None = None) -> Iterator[bytes]:
-    """Lines (with their newline) from byte `pos`, read in big chunks; stops once a line starts at `end`."""
+def _lines(f: IO[bytes], pos: int) -> Iterator[bytes]:
+    """Lines (with their newline) from byte `pos`, read in big chunks (used for the CSV header)."""
     f.seek(pos)
     carry = b""
     while True:
@@ -199,11 +190,7 @@ def _lines(f: IO[bytes], pos: int, end: int | None = None) -> Iterator[bytes]:
             carry = data
             continue
         carry = data[cut:]
-        for line in io.BytesIO(memoryview(data)[:cut]):
-            if end is not None and pos >= end:
-                return
-            pos += len(line)
-            yield line
+        yield from io.BytesIO(memoryview(data)[:cut])
 
 
 def _next_line_start(f: IO[bytes], pos: int) -> int:
