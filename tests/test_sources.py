@@ -338,8 +338,30 @@ def test_split_arithmetic(tmp_path: Path) -> None:
     splits = [splits_for_shard([str(path)], "webvid", 4, i) for i in range(4)]
     assert [s[0].start for s in splits] == [0, size // 4, size // 2, 3 * size // 4]
     assert splits[-1][0].end == size
+    two = [splits_for_shard([str(path), str(path)], "webvid", 4, i) for i in range(4)]
+    assert [[(s.file_index, s.start, s.end) for s in shard] for shard in two] == [
+        [(0, 0, size // 2)],
+        [(0, size // 2, size)],
+        [(1, 0, size // 2)],
+        [(1, size // 2, size)],
+    ]
     with pytest.raises(BadInput, match="--shard-index"):
         splits_for_shard([str(path)], "webvid", 4, 4)
+
+
+def test_many_files_split_as_one_stream(tmp_path: Path) -> None:
+    urls = []
+    for f, n in enumerate((3, 40, 1, 0, 17, 5)):
+        path = tmp_path / f"part-{f}.csv"
+        path.write_text("videoid,page_dir,name\n" + "".join(f"{f}-{i},p,caption {i}\n" for i in range(n)))
+        urls.append(str(path))
+    one = [r for s in splits_for_shard(urls, "webvid", 1, 0) for r in read_split(s, "webvid", WEBVID)]
+    assert len(one) == 66
+    for shards in (2, 3, 6, 13):
+        per_shard = [splits_for_shard(urls, "webvid", shards, i) for i in range(shards)]
+        rows = [r for splits in per_shard for s in splits for r in read_split(s, "webvid", WEBVID)]
+        assert plain(rows) == plain(one)  # shards in index order = source order, across files too
+        assert sum(len(splits) for splits in per_shard) < shards + len(urls)  # files are not cut N ways
 
 
 # --- s3 ----------------------------------------------------------------------------------------------------

@@ -121,26 +121,29 @@ def expand_sources(src: str) -> list[str]:
 # --- splitting --------------------------------------------------------------------------------------------
 
 
-def _ranges(lo: int, hi: int, num_shards: int, shard_index: int) -> tuple[int, int]:
-    span = max(hi - lo, 0)
-    return lo + span * shard_index // num_shards, lo + span * (shard_index + 1) // num_shards
-
-
 def splits_for_shard(sources: list[str], fmt: str, num_shards: int, shard_index: int) -> list[Split]:
-    """Shard `shard_index`'s share of every file: byte range i of `num_shards` equal ranges of each file.
-
-    Pure arithmetic on file sizes (one metadata request per file); record alignment happens in `read_split`.
+    """Shard `shard_index`'s share of the input: range i of `num_shards` equal byte ranges of all the files
+    laid end to end, cut at file edges. Many small files thus go whole to one shard each (one open per file
+    per job, not per shard), one big file is cut N ways, and shard i's part of any file precedes shard
+    i+1's. Pure arithmetic on file sizes (one metadata request per file); `read_split` aligns on records.
     """
     if num_shards < 1:
         raise BadInput(f"--num-shards must be at least 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
         raise BadInput(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
-    splits = []
-    for i, url in enumerate(sources):
+    sizes = []
+    for url in sources:
         file_kind(url, fmt)
-        start, end = _ranges(0, storage.size(url), num_shards, shard_index)
+        sizes.append(storage.size(url))
+    total = sum(sizes)
+    lo, hi = total * shard_index // num_shards, total * (shard_index + 1) // num_shards
+    splits = []
+    base = 0
+    for i, (url, size) in enumerate(zip(sources, sizes, strict=True)):
+        start, end = max(lo - base, 0), min(hi - base, size)
         if end > start:
             splits.append(Split(url, i, start, end))
+        base += size
     return splits
 
 
