@@ -13,10 +13,10 @@ OUT ?= build
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev]' torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]' torch==$(TORCH_VERSION)
 	touch $@
 
 run: install
