@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neva_prep.data.records import (
     ConvertOptions,
@@ -195,6 +197,8 @@ def test_captions_record_and_default_id() -> None:
     # the prompt depends on the id only: the same row always gets the same prompt
     again = build_record(row({"path": "00000/000000012.jpg", "text": "another caption"}), CAPTIONS)
     assert again["conversations"][0] == record["conversations"][0]
+    # a stem that is blank would be an empty id: the whole path is the id then
+    assert default_id(" .jpg") == " .jpg" and default_id("a/b.tar.gz") == "a/b.tar"
 
 
 def test_captions_id_column_and_video() -> None:
@@ -257,3 +261,24 @@ def test_video_chatgpt_rows() -> None:
         row({"video_id": "v_abc", "q": "What?", "a": "This."}), ConvertOptions("llava", "video")
     )
     assert record == {"id": "v_abc", "video": "v_abc.mp4", "conversations": conv("<video>\nWhat?", "This.")}
+
+
+_pieces = [*"ab./\\ <>:é", "..", "<image>", "<video>", "\n"]
+_cell = st.lists(st.sampled_from(_pieces), max_size=6).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(videoid=_cell, page_dir=_cell, name=_cell, media=st.sampled_from(["image", "video"]))
+def test_built_records_always_pass_the_validator(videoid: str, page_dir: str, name: str, media: str) -> None:
+    """The builders check their fields directly (fast); whatever they accept, the one validator accepts."""
+    captions = ConvertOptions("captions", media, media_column="m", caption_column="c")
+    with_id = ConvertOptions("captions", media, media_column="m", caption_column="c", id_column="i")
+    cases = [(captions, {"m": page_dir, "c": name}), (with_id, {"m": page_dir, "c": name, "i": videoid})]
+    if media == "video":
+        cases.append((WEBVID, {"videoid": videoid, "page_dir": page_dir, "name": name}))
+    for options, value in cases:
+        try:
+            record = build_record(row(value), options)
+        except RecordError:
+            continue
+        validate_record(record, media)

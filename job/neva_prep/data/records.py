@@ -239,7 +239,7 @@ def default_id(media_path: str) -> str:
     and a function of the row alone.
     """
     root, ext = posixpath.splitext(media_path)
-    return root if ext and root else media_path
+    return root if ext and root.strip() else media_path
 
 
 def _captions_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
