@@ -49,6 +49,22 @@ def test_plan_init_prints_a_plan_that_checks(tmp_path: Path) -> None:
     assert " ".join(merge_argv(plan, plan.datasets[1])) in check.stdout
 
 
+def test_commented_examples_of_plan_init_are_valid_too() -> None:
+    """Uncommenting an example block of `plan init` gives a plan that loads (its values are real)."""
+    lines = example_plan().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # - name: cc3m"))
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #"):
+            break
+        block.append("  " + line[len("  # ") :])
+    text = "\n".join([*lines[:start], *block, *lines[start + len(block) :]])
+    plan = parse_plan(yaml.safe_load(text), "p.yaml")
+    cc3m = plan.datasets[-1]
+    assert (cc3m.name, cc3m.from_, cc3m.prompts) == ("cc3m", "captions", "image_brief")
+    assert "--prompts image_brief" in " ".join(shard_argv(plan, cc3m))
+
+
 def test_defaults_and_argv_mapping() -> None:
     plan = parse_plan(_minimal(), "p.yaml")
     assert plan.name == "neva-prep" and plan.image == "neva-prep:latest"
@@ -133,6 +149,10 @@ def test_precision_written_as_a_number_is_accepted() -> None:
         (lambda d: d.update(slurm={"extra_sbatch": "#SBATCH -q x"}), "expected a list of strings"),
         (lambda d: d.update(name="Neva Prep"), "field 'name'"),
         (lambda d: (d.pop("model"), d.update(datasets=[])), "nothing to do"),
+        (
+            lambda d: d["datasets"][0].update(prompts="llava-brief"),
+            "field 'datasets[0].prompts': no such built-in prompt list 'llava-brief' (have: image_brief,",
+        ),
     ],
 )
 def test_bad_plans_are_rejected_with_the_field(change: Any, message: str) -> None:

@@ -42,8 +42,10 @@ def test_video_list_starts_with_the_guide_prompt() -> None:
 def test_defaults_and_names() -> None:
     assert load_prompts(None, "image") == LLAVA_BRIEF
     assert builtin_names() == ["image_brief", "video_brief"]
-    with pytest.raises(BadInput, match="no such built-in list"):
+    with pytest.raises(BadInput, match="no such built-in prompt list 'nope'"):
         load_prompts("nope", "image")
+    with pytest.raises(BadInput, match="no such built-in prompt list 'llava-brief'"):
+        load_prompts("llava-brief", "image")  # a name, not a file path: never looked up as a file
 
 
 def test_prompt_list_from_a_file(tmp_path: Path) -> None:

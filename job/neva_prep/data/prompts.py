@@ -16,7 +16,7 @@ from neva_prep import storage
 from neva_prep.errors import BadInput
 
 DEFAULT = {"image": "image_brief", "video": "video_brief"}
-_NAME = re.compile(r"^[a-z0-9_]+$")
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # no '/', '.' or scheme: a built-in list, never a file
 PLACEHOLDERS = ("<image>", "<video>")
 
 
@@ -24,6 +24,13 @@ def builtin_names() -> list[str]:
     """Names of the prompt lists shipped in the package."""
     files = resources.files("neva_prep").joinpath("prompts")
     return sorted(p.name[: -len(".txt")] for p in files.iterdir() if p.name.endswith(".txt"))
+
+
+def check_builtin(name: str) -> str | None:
+    """None when `name` is a URL/path or a built-in list; otherwise why it is neither (for early checks)."""
+    if not _NAME.match(name) or name in builtin_names():
+        return None
+    return f"no such built-in prompt list {name!r} (have: {', '.join(builtin_names())}; or give a file path)"
 
 
 def parse_prompts(text: str, source: str) -> tuple[str, ...]:
@@ -51,9 +58,10 @@ def load_prompts(name_or_url: str | None, media: str) -> tuple[str, ...]:
     """A built-in list by name (`image_brief`, `video_brief`) or a list file at a URL; None: default."""
     name = name_or_url or DEFAULT[media]
     if _NAME.match(name):
+        problem = check_builtin(name)
+        if problem:
+            raise BadInput(f"--prompts: {problem}")
         path = resources.files("neva_prep").joinpath("prompts", f"{name}.txt")
-        if not path.is_file():
-            raise BadInput(f"--prompts {name!r}: no such built-in list (have: {', '.join(builtin_names())})")
         return parse_prompts(path.read_text(encoding="utf-8"), f"prompts/{name}.txt")
     try:
         text = storage.read_text(name)

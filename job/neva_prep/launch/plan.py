@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from neva_prep import storage
+from neva_prep.data.prompts import check_builtin
 from neva_prep.errors import BadInput, where
 
 PRECISIONS = ("16", "bf16", "32")
@@ -238,9 +239,17 @@ def _dataset(sec: _Section) -> DatasetSpec:
         media_column=sec.text("media_column", None),
         caption_column=sec.text("caption_column", None),
         id_column=sec.text("id_column", None),
-        prompts=sec.text("prompts", None),
+        prompts=_prompts(sec),
         media_root=sec.text("media_root", None),
     )
+
+
+def _prompts(sec: _Section) -> str | None:
+    value: str | None = sec.text("prompts", None)
+    problem = None if value is None else check_builtin(value)
+    if problem:
+        raise sec.error(sec.key("prompts"), problem)
+    return value
 
 
 def _kubernetes(sec: _Section) -> KubernetesSpec:
@@ -465,7 +474,7 @@ datasets:                            # each: `shards` parallel conversions, then
   #   media_column: key
   #   caption_column: caption
   #   id_column: key
-  #   prompts: llava-brief           # a prompt list shipped in the package
+  #   prompts: image_brief           # a list shipped in the package (image_brief, video_brief) or a file URL
 
 kubernetes:
   namespace: default
