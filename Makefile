@@ -47,11 +47,15 @@ bench-data: install
 docker-build:
 	docker build --build-arg NEMO_IMAGE=$(NEMO_IMAGE) -t $(IMAGE) .
 
+# The plan's local paths must mean the same inside the container: the repo (where `neva-prep sample` and
+# relative plan paths point) and the plan's folder are mounted at their own absolute paths; object-storage
+# credentials pass as environment only. DOCKER_GPUS= runs it without a GPU.
+DOCKER_GPUS ?= --gpus all
 docker-run:
-	docker run --rm --gpus all --user $$(id -u):$$(id -g) \
-	  -v $(abspath $(dir $(PLAN))):/plan:ro -v $(abspath $(OUT)):/out \
+	docker run --rm $(DOCKER_GPUS) --user $$(id -u):$$(id -g) \
+	  -v $(CURDIR):$(CURDIR) -v $(abspath $(dir $(PLAN))):$(abspath $(dir $(PLAN))) -w $(CURDIR) \
 	  --env-file <(env | grep -E '^(AWS_|FSSPEC_|GOOGLE_)' || true) \
-	  $(IMAGE) launch local /plan/$(notdir $(PLAN))
+	  $(IMAGE) launch local $(abspath $(PLAN))
 
 k8s: install
 	$(BIN)/neva-prep launch k8s $(PLAN) --out $(OUT)/k8s
