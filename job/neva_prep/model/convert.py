@@ -8,6 +8,8 @@ point leaves nothing at the destination. Memory stays near one slice (64 MiB) or
 from __future__ import annotations
 
 import hashlib
+import itertools
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -74,6 +76,53 @@ def plan_members(
     return build(cfg, member, tokenizer, yaml_text, DTYPES[precision]), member
 
 
+class _ReadAhead:
+    """Asks the kernel, from a helper thread, to read the sources of the parts to come (up to `WINDOW` bytes
+    ahead of the part being written).
+
+    The output visits the source files out of their order (NeMo's sorted keys: every layer's q, k, v, then
+    every layer's o_proj, ...), which the kernel's own readahead cannot guess; without this, reading the next
+    tensor waits until writing the current one is done. `cp` gets that overlap from sequential readahead.
+    """
+
+    WINDOW = 2 * 2**30
+
+    def __init__(self, parts: list[Part], ranges: list[list[hf.FileRange]]) -> None:
+        self._index = {part: i for i, part in enumerate(parts)}
+        self._ranges = ranges
+        self._ends = list(itertools.accumulate(sum(r.size for r in rs) for rs in ranges))
+        self._current = 0
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="neva-prep-readahead", daemon=True)
+
+    def __enter__(self) -> _ReadAhead:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        self._thread.join()
+
+    def reached(self, part: Part) -> None:
+        """The writer has started on `part`."""
+        with self._cond:
+            self._current = self._index.get(part, self._current)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        for i, ranges in enumerate(self._ranges):
+            with self._cond:
+                while not self._stop and self._ends[i] - self._ends[self._current] > self.WINDOW:
+                    self._cond.wait()
+                if self._stop:
+                    return
+            for r in ranges:
+                r.prefetch()
+
+
 class _Producer:
     """Turns a `Part` into output bytes: source slices cast to the output dtype (on the GPU if asked)."""
 
@@ -83,6 +132,7 @@ class _Producer:
         self.ckpt, self.dtype, self.device = ckpt, dtype, device
         self.cfg = ckpt.config
         self.ranges = ranges  # may yield FileRange for data that is copied unchanged
+        self.readahead: _ReadAhead | None = None
 
     def _cast(self, t: torch.Tensor) -> torch.Tensor:
         if t.dtype == self.dtype:
@@ -91,7 +141,14 @@ class _Producer:
             return t.to(self.device).to(self.dtype).cpu()
         return t.to(self.dtype)
 
+    def source_ranges(self, part: Part) -> list[hf.FileRange]:
+        """The local file ranges `part` reads (empty for `.bin` or remote sources): what to read ahead."""
+        found = (self.ckpt.local_range(name) for name in part.sources)
+        return [r for r in found if r is not None]
+
     def __call__(self, part: Part) -> Iterator[memoryview | hf.FileRange]:
+        if self.readahead is not None:
+            self.readahead.reached(part)
         if part.op == "qkv":  # streamed block by block in the fused order, never concatenated
             blocks = mapping.qkv_blocks(self.cfg.num_heads, self.cfg.num_kv_heads, self.cfg.head_dim)
             if self.ranges and all(self.ckpt.refs[n].dtype == self.dtype for n in part.sources):
@@ -136,8 +193,11 @@ def convert_checkpoint(
         if storage.isdir(destination):
             raise BadInput(f"{storage.redact(destination)}: is a directory; give the .nemo file name")
         members, tok_member = plan_members(cfg, tokenizer, precision=precision, layout=layout)
+        members = nemo_format.in_read_order(members, lambda part: ckpt.position(part.sources))
         # the legacy zip needs every byte for its CRCs; the mcore chunks can be copied by the kernel
         produce = _Producer(ckpt, DTYPES[precision], dev, ranges=layout == "mcore")
+        parts = [p for m in members for p in (m.parts or (m.ckpt.parts() if m.ckpt else ()))]
+        produce.readahead = _ReadAhead(parts, [produce.source_ranges(p) for p in parts])
         total = sum(m.size for m in members)
         tensors = sum(len(m.ckpt.sources) if m.ckpt else 0 for m in members) or (
             len(mapping.MCORE_GLOBAL) + len(mapping.MCORE_LAYER) * cfg.num_layers
@@ -145,6 +205,7 @@ def convert_checkpoint(
         with (
             Reporter(f"convert {storage.redact(source)}", total) as progress,
             storage.atomic_write(destination) as f,
+            produce.readahead,
         ):
             tar = TarStream(f)
             for m in members:

@@ -9,12 +9,13 @@ Everything a user can get wrong is found before the first byte is written and re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -196,6 +197,11 @@ class FileRange:
     def __len__(self) -> int:
         return self.size
 
+    def prefetch(self) -> None:
+        """Ask the kernel to start reading the range now (asynchronously), in large requests."""
+        with contextlib.suppress(OSError, AttributeError):
+            os.posix_fadvise(self.fd, self.offset, self.size, os.POSIX_FADV_WILLNEED)
+
 
 @dataclass(frozen=True)
 class TensorRef:
@@ -350,6 +356,10 @@ class HFCheckpoint:
         ref = self.refs[name]
         return self.read_rows(name, 0, ref.shape[0] if ref.shape else 1)
 
+    def position(self, names: Iterable[str]) -> tuple[str, int]:
+        """Where the first of these tensors lies in the checkpoint, (file, offset): to read in file order."""
+        return min((self.refs[n].file, self.refs[n].offset) for n in names)
+
     def local_range(self, name: str, start: int = 0, stop: int | None = None) -> FileRange | None:
         """Rows [start, stop) of `name` as a local file range (for a kernel-side copy), if they are one."""
         ref = self.refs[name]
@@ -358,6 +368,8 @@ class HFCheckpoint:
         fd = self._fds.get(ref.file)
         if fd is None:
             fd = self._fds[ref.file] = os.open(storage.local_path(ref.file), os.O_RDONLY)
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         if len(ref.shape) < 2:
             return FileRange(fd, ref.offset, ref.nbytes, ref.file, name)
         stop = ref.shape[0] if stop is None else stop

@@ -172,7 +172,7 @@ def _tensor_size(cfg: Any, parts: Iterable[Part], dtype: torch.dtype) -> int:
 def mcore_members(
     cfg: Any, tokenizer_name: str, tokenizer: bytes, yaml_text: bytes, dtype: torch.dtype
 ) -> list[Member]:
-    """Every member of an mcore `.nemo`, in the order NeMo's `tar.add` writes them."""
+    """Every member of an mcore `.nemo`, in the order NeMo's `tar.add` writes them (see `in_read_order`)."""
     L = cfg.num_layers
     weights: dict[str, list[Member]] = {
         "common.pt": [_blob(f"{WEIGHTS_DIR}/common.pt", common_pt())],
@@ -195,6 +195,19 @@ def mcore_members(
     for key in sorted(weights):
         members.extend(weights[key])
     return members
+
+
+def in_read_order(members: list[Member], position: Callable[[Part], Any]) -> list[Member]:
+    """The same members, tensor chunks last, in the order of `position` (where their source bytes lie).
+
+    NeMo's `tar.add` order visits every layer's q, k, v, then every layer's o_proj, and so on: over
+    safetensors files on disk that is nine strided passes, measured 2x slower than reading the files in
+    order. A tar's member order means nothing to NeMo, which extracts the file whole; everything else
+    (directories before their contents, `.zarray`, metadata, extra state) keeps NeMo's order.
+    """
+    structure = [m for m in members if not m.parts]
+    chunks = sorted((m for m in members if m.parts), key=lambda m: position(m.parts[0]))
+    return structure + chunks
 
 
 def _top(tokenizer_name: str, tokenizer: bytes, yaml_text: bytes) -> list[Member]:
@@ -404,6 +417,10 @@ class TorchZip:
         self._cd_offset = pos
         self._cd_size = sum(46 + len(r.name.encode()) + len(self._cd_extra(r)) for r in self.records)
         self.size = pos + self._cd_size + 56 + 20 + 22
+
+    def parts(self) -> tuple[Part, ...]:
+        """The tensor parts, in the order `write` asks for them."""
+        return tuple(s for s in self.sources.values() if isinstance(s, Part))
 
     @staticmethod
     def _big(rec: _Record) -> bool:
