@@ -78,11 +78,10 @@ def plan_members(
 
 class _ReadAhead:
     """Asks the kernel, from a helper thread, to read the sources of the parts to come (up to `WINDOW` bytes
-    ahead of the part being written).
+    ahead of the part being written), so that reading the next tensors overlaps writing this one.
 
-    The output visits the source files out of their order (NeMo's sorted keys: every layer's q, k, v, then
-    every layer's o_proj, ...), which the kernel's own readahead cannot guess; without this, reading the next
-    tensor waits until writing the current one is done. `cp` gets that overlap from sequential readahead.
+    `cp` gets that overlap from the kernel's sequential readahead; we read tensor by tensor, and a fused
+    QKV chunk hops between q, k and v, which that readahead does not follow. Page cache only, never RSS.
     """
 
     WINDOW = 2 * 2**30
