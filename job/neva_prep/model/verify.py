@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from neva_prep import storage
-from neva_prep.errors import BadInput, StepFailed
+from neva_prep.errors import BadInput, CheckFailed, StepFailed
 from neva_prep.model import hf, llama, mapping, nemo_format
 from neva_prep.model.convert import DTYPES
 from neva_prep.model.hf import LlamaConfig
@@ -89,13 +89,13 @@ def _check_config(conf: dict[str, Any], cfg: LlamaConfig, nemo: str) -> None:
     }
     for key, value in expected.items():
         if conf.get(key) != value:
-            raise StepFailed(
+            raise CheckFailed(
                 f"{storage.redact(nemo)}: model_config.yaml {key} is {conf.get(key)!r}, source has {value!r}"
             )
 
 
 def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyResult:
-    """Exit 0 when `nemo` holds exactly `source` (StepFailed names the first difference)."""
+    """Exit 0 when `nemo` holds exactly `source` (exit 3, CheckFailed, names the first difference)."""
     start = time.monotonic()
     cfg = hf.read_hf_config(source)
     tokenizer = storage.read_bytes(hf.tokenizer_url(source))
@@ -112,7 +112,7 @@ def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyR
         dtype = DTYPES[precision]
         layout = reader.layout
         if reader.read(reader.tokenizer_member()) != tokenizer:
-            raise StepFailed(
+            raise CheckFailed(
                 f"{storage.redact(nemo)}: {reader.tokenizer_member()} differs from the source tokenizer"
             )
         rules = _rules(cfg, layout)
@@ -120,14 +120,14 @@ def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyR
         seen: dict[str, torch.Tensor | None] = {}
         for key, got in stream:
             if key not in rules:
-                raise StepFailed(f"{storage.redact(nemo)}: unexpected tensor {key!r}")
+                raise CheckFailed(f"{storage.redact(nemo)}: unexpected tensor {key!r}")
             rule, layer = rules[key]
             if rule.op == "none":
                 if got is not None:
-                    raise StepFailed(f"{key}: expected None (Transformer Engine extra state)")
+                    raise CheckFailed(f"{key}: expected None (Transformer Engine extra state)")
             else:
                 if got is None:
-                    raise StepFailed(f"{key}: is None, expected a tensor")
+                    raise CheckFailed(f"{key}: is None, expected a tensor")
                 if rule.op == "inv_freq":
                     want = mapping.inv_freq(float(conf["rotary_base"]), cfg.head_dim).to(dtype)
                 else:
@@ -135,11 +135,11 @@ def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyR
                     srcs = [ckpt.read(n).to(dtype) for n in names]
                     want = mapping.apply(rule, srcs, cfg.num_heads, cfg.num_kv_heads)
                 if got.shape != want.shape or got.dtype != want.dtype or not torch.equal(got, want):
-                    raise StepFailed(_first_difference(key, got, want))
+                    raise CheckFailed(_first_difference(key, got, want))
             seen[key] = got if logits else None
         missing = [k for k in rules if k not in seen]
         if missing:
-            raise StepFailed(
+            raise CheckFailed(
                 f"{storage.redact(nemo)}: tensor {missing[0]!r} is missing ({len(missing)} missing)"
             )
         tensors = sum(1 for k in seen if rules[k][0].op != "none")
@@ -190,5 +190,7 @@ def _compare_logits(
     diff = float((got - want).abs().max())
     scale = float(want.abs().max())
     if diff > 1e-3 * max(1.0, scale):
-        raise StepFailed(f"logits differ from transformers': max |diff| {diff:.3e} (logit scale {scale:.2f})")
+        raise CheckFailed(
+            f"logits differ from transformers': max |diff| {diff:.3e} (logit scale {scale:.2f})"
+        )
     return diff, ""
