@@ -46,7 +46,7 @@ def test_invalid_records_are_reported_with_row_and_reason(tmp_path: Path) -> Non
     path = tmp_path / "neva.json"
     path.write_bytes(orjson.dumps(records))
     r = neva("data", "validate", str(path), "--media", "image")
-    assert r.returncode == 1
+    assert r.returncode == 3
     lines = [orjson.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert [(x["row"], x["reason"]) for x in lines] == [
         (2, "placeholder count"),
@@ -60,7 +60,7 @@ def test_invalid_records_are_reported_with_row_and_reason(tmp_path: Path) -> Non
 
     report = tmp_path / "report.jsonl"
     r = neva("data", "validate", str(path), "--media", "image", "--report", str(report))
-    assert r.returncode == 1
+    assert r.returncode == 3
     assert [orjson.loads(x) for x in report.read_bytes().splitlines()] == lines
     assert not any(x.startswith("{") for x in r.stdout.splitlines())
 
@@ -80,7 +80,7 @@ def test_media_root_on_s3(s3: str) -> None:
         storage.write_bytes(f"{s3}/media/dir{i % 2}/{i}.jpg", b"jpg")
     storage.write_bytes(f"{s3}/neva.json", orjson.dumps([record(i) for i in range(4)]))
     r = neva("data", "validate", f"{s3}/neva.json", "--media", "image", "--media-root", f"{s3}/media")
-    assert r.returncode == 1
+    assert r.returncode == 3
     lines = [orjson.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert [(x["row"], x["reason"]) for x in lines] == [(4, "media missing")]
     assert "dir1/3.jpg" in lines[0]["detail"]

@@ -1,33 +1,49 @@
 """The `neva-prep` command line: parse arguments, call one function, print its result.
 
-Known errors (`NevaPrepError`) become one line on stderr and their exit code (2 for bad input, 1 for a
-failed step); anything unexpected exits 1 with one line, or a traceback with `--debug`.
+Known errors (`NevaPrepError`) become one line on stderr and their exit code (`errors.EXIT_CODES_HELP`, the
+contract printed by every `--help`); a usage error (unknown option value, missing argument) is one line and
+exit 2; anything unexpected exits 1 with one line, or a traceback with `--debug` (accepted anywhere).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from typing import Any, Literal, TypeVar
 
 import typer
 
-from neva_prep.errors import EXIT_FAILED, NevaPrepError
+from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_CODES_HELP, EXIT_FAILED, NevaPrepError
 from neva_prep.storage import redact
 
 T = TypeVar("T")
 
+Precision = Literal["16", "bf16", "32"]
+Device = Literal["auto", "cpu", "cuda"]
+Layout = Literal["mcore", "legacy"]
+Media = Literal["image", "video"]
+SourceFormat = Literal["webvid", "captions", "llava"]
+
+# click's exception classes as this typer uses them (recent typer vendors its own click)
+_UsageError: type[Exception] = typer.BadParameter.__mro__[1]
+_ClickException: type[Exception] = typer.BadParameter.__mro__[2]
+
+_PLAIN = {"rich_markup_mode": None, "no_args_is_help": True}  # click's help: `--precision <16|bf16|32>`
+
 app = typer.Typer(
     name="neva-prep",
     help="Prepare NeMo NeVA / VideoNeVA training: model step, data step, launchers.",
-    no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    **_PLAIN,  # type: ignore[arg-type]
 )
-checkpoint_app = typer.Typer(help="Convert and verify HF LLaMA checkpoints.", no_args_is_help=True)
-tokenizer_app = typer.Typer(help="Patch SentencePiece tokenizers with special tokens.", no_args_is_help=True)
-data_app = typer.Typer(help="Convert, merge and validate NeVA / VideoNeVA JSON data.", no_args_is_help=True)
-plan_app = typer.Typer(help="Write and check plan files.", no_args_is_help=True)
-launch_app = typer.Typer(help="Run a plan on Kubernetes, Slurm or this machine.", no_args_is_help=True)
+checkpoint_app = typer.Typer(help="Convert and verify HF LLaMA checkpoints.", **_PLAIN)  # type: ignore[arg-type]
+tokenizer_app = typer.Typer(help="Patch SentencePiece tokenizers with special tokens.", **_PLAIN)  # type: ignore[arg-type]
+data_app = typer.Typer(help="Convert, merge and validate NeVA / VideoNeVA JSON data.", **_PLAIN)  # type: ignore[arg-type]
+plan_app = typer.Typer(help="Write and check plan files.", **_PLAIN)  # type: ignore[arg-type]
+launch_app = typer.Typer(help="Run a plan on Kubernetes, Slurm or this machine.", **_PLAIN)  # type: ignore[arg-type]
 app.add_typer(checkpoint_app, name="checkpoint")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
@@ -37,9 +53,20 @@ app.add_typer(launch_app, name="launch")
 _state = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"neva-prep {metadata.version('neva-prep')}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks.")) -> None:
-    _state["debug"] = debug
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks (accepted after the command too)."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    _state["debug"] = _state["debug"] or debug
 
 
 def run(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
@@ -48,15 +75,17 @@ def run(fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         return fn(*args, **kwargs)
     except NevaPrepError as exc:
         if _state["debug"]:
-            raise
-        typer.echo(f"neva-prep: error: {redact(str(exc))}", err=True)
+            traceback.print_exc()
+        else:
+            typer.echo(f"neva-prep: error: {redact(str(exc))}", err=True)
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, typer.Abort, KeyboardInterrupt):
         raise
     except Exception as exc:
         if _state["debug"]:
-            raise
-        typer.echo(f"neva-prep: failed: {type(exc).__name__}: {redact(str(exc))}", err=True)
+            traceback.print_exc()
+        else:
+            typer.echo(f"neva-prep: failed: {type(exc).__name__}: {redact(str(exc))}", err=True)
         raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -226,13 +255,13 @@ def data_validate(
         None, "--report", help="Write one JSON line per invalid record here (default: stdout)."
     ),
 ) -> None:
-    """Check every record of FILE; exit 0 if all are valid, 1 if any is invalid, 2 if unreadable."""
+    """Check every record of FILE; exit 0 if all are valid, 3 if any is invalid, 2 if unreadable."""
     from neva_prep.data.validate import validate_file
 
     result = run(validate_file, file, media=media, media_root=media_root, report=report)
     say(result.summary())
     if not result.ok:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 # --- launchers: plan / launch -----------------------------------------------------------------------------
@@ -319,8 +348,45 @@ def sample(directory: str = typer.Argument(..., help="A local directory to write
     say(str(run(write_sample, directory)))
 
 
-def main() -> None:
-    app(prog_name="neva-prep")
+def command() -> Any:
+    """The click command tree, every command's help ending with the exit-code contract."""
+    root = typer.main.get_command(app)
+
+    def walk(cmd: Any) -> None:
+        cmd.epilog = "\b\n" + EXIT_CODES_HELP
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(root)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; usage errors are one line (exit 2) like every other bad input."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # `--debug` is global but accepted after the subcommand too (before a `--` that ends the options)
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" in args[:end]:
+        _state["debug"] = True
+        args = [a for a in args[:end] if a != "--debug"] + args[end:]
+    try:
+        code = command().main(args=args, prog_name="neva-prep", standalone_mode=False)
+    except _UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+        else:
+            message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+            where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"neva-prep: error: {message}{where}", err=True)
+        code = EXIT_BAD_INPUT
+    except _ClickException as exc:
+        typer.echo(f"neva-prep: error: {' '.join(exc.format_message().split())}", err=True)  # type: ignore[attr-defined]
+        code = exc.exit_code  # type: ignore[attr-defined]
+    except typer.Abort:
+        typer.echo("neva-prep: aborted", err=True)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
