@@ -99,11 +99,13 @@ def say(text: str) -> None:
 
 @checkpoint_app.command("convert")
 def checkpoint_convert(
-    source: str = typer.Argument(..., help="HF LLaMA directory (local path, s3://, gs://)."),
-    destination: str = typer.Argument(..., help="The .nemo file to write (local path, s3://, gs://)."),
-    precision: str = typer.Option("16", "--precision", help="16 (fp16, NeMo's default), bf16 or 32."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where to fuse and cast."),
-    layout: str = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
+    source: str = typer.Argument(..., metavar="SRC", help="HF LLaMA directory (local path, s3://, gs://)."),
+    destination: str = typer.Argument(
+        ..., metavar="DST", help="The .nemo file to write (local path, s3://, gs://)."
+    ),
+    precision: Precision = typer.Option("16", "--precision", help="16 (fp16, NeMo's default), bf16 or 32."),
+    device: Device = typer.Option("auto", "--device", help="Where to fuse and cast."),
+    layout: Layout = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
 ) -> None:
     """Convert an HF LLaMA-2 / Vicuna checkpoint into the .nemo NeMo's converter writes, streaming."""
     from neva_prep.model.convert import convert_checkpoint
@@ -114,8 +116,10 @@ def checkpoint_convert(
 
 @checkpoint_app.command("verify")
 def checkpoint_verify(
-    source: str = typer.Argument(..., help="The HF LLaMA directory the .nemo was converted from."),
-    nemo: str = typer.Argument(..., help="The .nemo file to check."),
+    source: str = typer.Argument(
+        ..., metavar="SRC", help="The HF LLaMA directory the .nemo was converted from."
+    ),
+    nemo: str = typer.Argument(..., metavar="NEMO", help="The .nemo file to check."),
     logits: bool = typer.Option(True, "--logits/--no-logits", help="Also compare logits with transformers."),
 ) -> None:
     """Check every tensor of a .nemo against its source, and the logits against transformers'."""
@@ -126,10 +130,13 @@ def checkpoint_verify(
 
 @tokenizer_app.command("patch")
 def tokenizer_patch(
-    src: str = typer.Argument(..., help="SentencePiece model to patch (path or URL)."),
-    dst: str = typer.Argument(..., help="Where to write the patched model (path or URL)."),
+    src: str = typer.Argument(..., metavar="SRC", help="SentencePiece model to patch (path or URL)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Where to write the patched model (path or URL)."),
     token: list[str] | None = typer.Option(
-        None, "--token", help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>."
+        None,
+        "--token",
+        metavar="TOKEN",
+        help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>.",
     ),
     control: bool = typer.Option(False, "--control", help="Add CONTROL pieces instead of USER_DEFINED."),
 ) -> None:
@@ -142,16 +149,21 @@ def tokenizer_patch(
 
 @app.command("model")
 def model(
-    src: str = typer.Argument(..., help="Hugging Face LLaMA directory (path or URL)."),
-    out: str = typer.Argument(..., help="Output directory (path or URL)."),
-    name: str | None = typer.Option(None, "--name", help="Checkpoint name; default: SRC's basename."),
-    precision: str = typer.Option("16", "--precision", help="Output precision: 16, bf16 or 32."),
+    src: str = typer.Argument(..., metavar="SRC", help="Hugging Face LLaMA directory (path or URL)."),
+    out: str = typer.Argument(..., metavar="OUT", help="Output directory (path or URL)."),
+    name: str | None = typer.Option(
+        None, "--name", metavar="NAME", help="Checkpoint name; default: SRC's basename."
+    ),
+    precision: Precision = typer.Option("16", "--precision", help="Output precision (16 is fp16)."),
     token: list[str] | None = typer.Option(
-        None, "--token", help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>."
+        None,
+        "--token",
+        metavar="TOKEN",
+        help="Token to add (repeatable); default <extra_id_0>..<extra_id_7>.",
     ),
     control: bool = typer.Option(False, "--control", help="Add CONTROL pieces instead of USER_DEFINED."),
-    layout: str = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda: where tensors are fused."),
+    layout: Layout = typer.Option("mcore", "--layout", help="mcore (VideoNeVA) or legacy (NeVA image)."),
+    device: Device = typer.Option("auto", "--device", help="Where tensors are fused."),
     force: bool = typer.Option(False, "--force", help="Redo even if OUT already holds a complete result."),
 ) -> None:
     """The model step: OUT/checkpoints/NAME.nemo, OUT/tokenizers/tokenizer_neva.model and, last,
@@ -201,10 +213,16 @@ def data_convert(
         help="Reject rows whose media file is not under this folder/URL (one listing per dir).",
     ),
     force: bool = typer.Option(False, "--force", help="Redo the shard even if it finished before."),
+    record_failure: bool = typer.Option(
+        False,
+        "--record-failure",
+        help="On bad input (exit 2) leave DST/shards/IIIII-of-NNNNN.FAILED with the reason, for `data wait`.",
+    ),
 ) -> None:
     """Convert one shard of SRC into NeVA / VideoNeVA records under DST (then run `data merge`)."""
-    from neva_prep.data.convert import convert_shard, shard_index_from_env
+    from neva_prep.data.convert import shard_index_from_env
     from neva_prep.data.records import ConvertOptions
+    from neva_prep.data.wait import convert_shard_recording_failure
 
     options = ConvertOptions(
         source_format=source_format,
@@ -216,7 +234,7 @@ def data_convert(
     )
     index = shard_index if shard_index is not None else run(shard_index_from_env)
     result = run(
-        convert_shard,
+        convert_shard_recording_failure,
         src,
         dst,
         options=options,
@@ -224,6 +242,7 @@ def data_convert(
         shard_index=index,
         media_root=media_root,
         force=force,
+        record_failure=record_failure,
     )
     say(result.summary())
 
@@ -242,6 +261,22 @@ def data_merge(
     from neva_prep.data.merge import merge_shards
 
     say(run(merge_shards, dst, name=name, num_shards=num_shards).summary())
+
+
+@data_app.command("wait")
+def data_wait(
+    dst: str = typer.Argument(..., metavar="DST", help="The DST of `data convert`."),
+    num_shards: int = typer.Option(..., "--num-shards", help="How many shards the run has."),
+    timeout: float | None = typer.Option(
+        None, "--timeout", help="Give up (exit 1) after this many seconds; default: wait for ever."
+    ),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between polls (one listing each)."),
+) -> None:
+    """Wait until every shard under DST finished: exit 0 when all wrote their completion marker, 2 when one
+    failed with bad input (its failure record, see --record-failure), 1 on timeout."""
+    from neva_prep.data.wait import wait_for_shards
+
+    say(run(wait_for_shards, dst, num_shards, timeout=timeout, interval=interval, echo=say).summary())
 
 
 @data_app.command("validate")
@@ -276,11 +311,22 @@ def plan_init() -> None:
 
 
 @plan_app.command("check")
-def plan_check(plan: str = typer.Argument(..., help="Plan file (path or URL).")) -> None:
-    """Validate a plan and print the commands every launcher will run (exit 2 when invalid)."""
-    from neva_prep.launch.plan import describe, load_plan
+def plan_check(
+    plan: str = typer.Argument(..., help="Plan file (path or URL)."),
+    target: Literal["k8s", "slurm", "local"] | None = typer.Option(
+        None,
+        "--for",
+        help="Also apply this launcher's rules (k8s: every local path on a kubernetes.volumes mount).",
+    ),
+) -> None:
+    """Validate a plan and print the commands every launcher (or the --for one) will run (exit 2 when
+    invalid)."""
+    from neva_prep.launch.plan import check_for, describe, load_plan
 
-    say(describe(run(load_plan, plan)))
+    loaded = run(load_plan, plan)
+    if target is not None:
+        run(check_for, loaded, target)
+    say(describe(loaded, target))
 
 
 @launch_app.command("local")
