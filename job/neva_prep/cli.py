@@ -191,10 +191,12 @@ def model(
 
 @data_app.command("convert")
 def data_convert(
-    src: str = typer.Argument(..., help="Input file, URL or glob (s3://bucket/webvid/*.csv)."),
-    dst: str = typer.Argument(..., help="Output folder or URL; shards go to DST/shards/, the merge to DST/."),
-    source_format: str = typer.Option(..., "--from", help="Input format: webvid, captions or llava."),
-    media: str = typer.Option(..., "--media", help="Records to make: image (NeVA) or video (VideoNeVA)."),
+    src: str = typer.Argument(..., metavar="SRC", help="Input file, URL or glob (s3://bucket/webvid/*.csv)."),
+    dst: str = typer.Argument(
+        ..., metavar="DST", help="Output folder or URL; shards go to DST/shards/, the merge to DST/."
+    ),
+    source_format: SourceFormat = typer.Option(..., "--from", help="Input format."),
+    media: Media = typer.Option(..., "--media", help="Records to make: image (NeVA) or video (VideoNeVA)."),
     num_shards: int = typer.Option(1, "--num-shards", help="Number of shards the input is split into."),
     shard_index: int | None = typer.Option(
         None,
@@ -249,8 +251,10 @@ def data_convert(
 
 @data_app.command("merge")
 def data_merge(
-    dst: str = typer.Argument(..., help="The DST of `data convert`."),
-    name: str = typer.Option(..., "--name", help="Dataset name: the output is DST/NAME.json."),
+    dst: str = typer.Argument(..., metavar="DST", help="The DST of `data convert`."),
+    name: str = typer.Option(
+        ..., "--name", metavar="NAME", help="Dataset name: the output is DST/NAME.json."
+    ),
     num_shards: int | None = typer.Option(
         None,
         "--num-shards",
@@ -281,8 +285,10 @@ def data_wait(
 
 @data_app.command("validate")
 def data_validate(
-    file: str = typer.Argument(..., help="A NeVA / VideoNeVA JSON array (or JSONL) file or URL."),
-    media: str = typer.Option(..., "--media", help="image (NeVA) or video (VideoNeVA)."),
+    file: str = typer.Argument(
+        ..., metavar="FILE", help="A NeVA / VideoNeVA JSON array (or JSONL) file or URL."
+    ),
+    media: Media = typer.Option(..., "--media", help="image (NeVA) or video (VideoNeVA)."),
     media_root: str | None = typer.Option(
         None, "--media-root", help="Check that every media file exists here."
     ),
