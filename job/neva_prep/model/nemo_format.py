@@ -27,16 +27,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 import torch
 
+from neva_prep import tarball
 from neva_prep.errors import StepFailed
 from neva_prep.model import mapping
 from neva_prep.model.hf import FileRange
 
-MTIME = 0
-TAR_FORMAT: Literal[0, 1, 2] = tarfile.PAX_FORMAT  # type: ignore[assignment]
 ZARR_DTYPES = {torch.float16: "<f2", torch.float32: "<f4", torch.bfloat16: "bfloat16"}
 ZARR_TORCH = {v: k for k, v in ZARR_DTYPES.items()}
 METADATA_JSON = json.dumps(
@@ -298,25 +297,15 @@ class TarStream:
                 done += n
 
     def header(self, member: Member) -> None:
-        info = tarfile.TarInfo(member.name)
-        info.type = tarfile.DIRTYPE if member.is_dir else tarfile.REGTYPE
-        info.size = 0 if member.is_dir else member.size
-        info.mode = 0o755 if member.is_dir else 0o644
-        info.mtime = MTIME
-        info.uid = info.gid = 0
-        info.uname = info.gname = ""
-        self.write(info.tobuf(TAR_FORMAT, "utf-8", "surrogateescape"))
+        self.write(tarball.header(member.name, member.size, directory=member.is_dir))
 
     def end_member(self, size: int) -> None:
-        pad = -size % tarfile.BLOCKSIZE
+        pad = tarball.padding(size)
         if pad:
-            self.write(b"\0" * pad)
+            self.write(pad)
 
     def close(self) -> None:
-        self.write(b"\0" * (2 * tarfile.BLOCKSIZE))
-        pad = -self.pos % tarfile.RECORDSIZE
-        if pad:
-            self.write(b"\0" * pad)
+        self.write(tarball.trailer(self.pos))
 
 
 # --- legacy torch.save zip ------------------------------------------------------------------------------
