@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from neva_prep.sample import TinyLlama, write_llama
+from slurm_cluster import SlurmCluster, SlurmUnavailable, start
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,3 +99,20 @@ def tiny_llama(tmp_path: Path) -> Callable[..., Path]:
         return write_llama(tmp_path / f"hf-{next(counter)}", spec, **kwargs)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def slurm() -> Iterator[SlurmCluster]:
+    """A running single-node Slurm cluster (tests/slurm_cluster.py), one per test module; clients and
+    `neva-prep` subprocesses find it through $SLURM_CONF."""
+    try:
+        cluster = start()
+    except SlurmUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            raise  # CI must run these tests, never skip them
+        pytest.skip(f"no Slurm here: {exc}")
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in cluster.env.items():
+            mp.setenv(key, value)
+        yield cluster
+    cluster.stop()

@@ -6,10 +6,8 @@ merge result is unchanged."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +17,10 @@ import yaml
 from conftest import neva
 from neva_prep.launch.slurm import job_states, wait
 from neva_prep.sample import write_sample
-from slurm_cluster import SlurmCluster, SlurmUnavailable, start
+from slurm_cluster import SlurmCluster, start
 
 pytestmark = pytest.mark.slurm
 VENV_BIN = str(Path(sys.executable).parent)
-
-
-@pytest.fixture(scope="module")
-def slurm() -> Iterator[SlurmCluster]:
-    """A running cluster; clients and `neva-prep` subprocesses find it through $SLURM_CONF."""
-    try:
-        cluster = start()
-    except SlurmUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            raise  # CI must run these tests, never skip them
-        pytest.skip(f"no Slurm here: {exc}")
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in cluster.env.items():
-            mp.setenv(key, value)
-        yield cluster
-    cluster.stop()
 
 
 @pytest.fixture(scope="module")
