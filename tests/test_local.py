@@ -107,3 +107,33 @@ def test_local_tasks_are_the_plan_argv_plus_the_shard_index() -> None:
     for i, t in enumerate(first[1:]):
         assert t.argv == [*shard_argv(plan, ds), "--shard-index", str(i)]
     assert merges["w"].argv == merge_argv(plan, ds) and merges["w"].merge
+
+
+def test_sample_never_deletes_files_it_did_not_make(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    (mine / "input").mkdir(parents=True)
+    (mine / "input" / "thesis.tex").write_text("years of work")
+    (mine / "plan.yaml").write_text("my: plan\n")
+    r = neva("sample", str(mine))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.count("\n") == 1 and str(mine) in r.stderr and "--force" in r.stderr
+    assert (mine / "input" / "thesis.tex").read_text() == "years of work"
+    assert (mine / "plan.yaml").read_text() == "my: plan\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["input", "plan.yaml"]
+
+    # a previous sample is re-made in place (what `make run` does on every run)
+    sample = tmp_path / "sample"
+    assert neva("sample", str(sample)).returncode == 0
+    (sample / "output").mkdir()  # what `launch local` left there stays
+    again = neva("sample", str(sample))
+    assert again.returncode == 0, again.stderr
+    assert (sample / "output").is_dir() and (sample / "input" / "llama-tiny" / "config.json").is_file()
+
+    # a sample made before the marker existed is recognised by its plan's header
+    (sample / ".neva-prep-sample").unlink()
+    assert neva("sample", str(sample)).returncode == 0
+
+    # --force: the user says so
+    forced = neva("sample", str(mine), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (mine / "input" / "llama-tiny" / "config.json").is_file()

@@ -25,6 +25,7 @@ Device = Literal["auto", "cpu", "cuda"]
 Layout = Literal["mcore", "legacy"]
 Media = Literal["image", "video"]
 SourceFormat = Literal["webvid", "captions", "llava"]
+UniqueIds = Literal["keep", "suffix"]
 
 # click's exception classes as this typer uses them (recent typer vendors its own click)
 _UsageError: type[Exception] = typer.BadParameter.__mro__[1]
@@ -208,7 +209,11 @@ def data_convert(
     id_column: str | None = typer.Option(
         None, "--id-column", help="captions: the id column (default: path stem)."
     ),
-    prompts: str | None = typer.Option(None, "--prompts", help="captions: prompt list name or URL."),
+    prompts: str | None = typer.Option(
+        None,
+        "--prompts",
+        help="captions, webvid: prompt list name or URL (webvid default: the VideoNeVA guide's prompt).",
+    ),
     media_root: str | None = typer.Option(
         None,
         "--media-root",
@@ -260,11 +265,16 @@ def data_merge(
         "--num-shards",
         help="Shard count to merge (only needed if DST holds runs with different counts).",
     ),
+    unique_ids: UniqueIds = typer.Option(
+        "keep",
+        "--unique-ids",
+        help="keep: ids as converted (may repeat: distinct samples); suffix: later repeats become ID_k.",
+    ),
 ) -> None:
     """Merge every finished shard into DST/NAME.json, DST/rejects.jsonl and DST/stats.json."""
     from neva_prep.data.merge import merge_shards
 
-    say(run(merge_shards, dst, name=name, num_shards=num_shards).summary())
+    say(run(merge_shards, dst, name=name, num_shards=num_shards, unique_ids=unique_ids).summary())
 
 
 @data_app.command("wait")
@@ -389,15 +399,44 @@ def launch_slurm(
         raise typer.Exit(result.exit_code)
 
 
+Cluster = Literal["slurm", "local", "debug"]
+
+
+@launch_app.command("submitit")
+def launch_submitit(
+    plan: str = typer.Argument(..., metavar="PLAN", help="Plan file (path or URL)."),
+    folder: str = typer.Option(
+        ...,
+        "--folder",
+        metavar="DIR",
+        help="Directory (shared with the nodes) for submitit's scripts, pickles and logs.",
+    ),
+    cluster: Cluster | None = typer.Option(
+        None, "--cluster", help="Where the jobs run; default: slurm where srun exists, else local."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Follow the jobs to the end and report each."),
+) -> None:
+    """Submit the plan with submitit: model job, an array per dataset, each merge after its array."""
+    from neva_prep.launch.submitit import launch_submitit as launch
+
+    result = run(launch, plan, folder, cluster=cluster, wait=wait, on_end=lambda end: say(end.line()))
+    say(result.summary())
+    raise typer.Exit(result.exit_code)
+
+
 # --- built-in sample ---------------------------------------------------------------------------------------
 
 
 @app.command("sample")
-def sample(directory: str = typer.Argument(..., help="A local directory to write the sample into.")) -> None:
-    """Write the built-in sample (tiny LLaMA, WebVid CSV, LLaVA JSON) and print its plan's path."""
+def sample(
+    directory: str = typer.Argument(..., metavar="DIR", help="A local directory to write the sample into."),
+    force: bool = typer.Option(False, "--force", help="Write into DIR even if it holds other files."),
+) -> None:
+    """Write the built-in sample (tiny LLaMA, WebVid CSV, LLaVA JSON) and print its plan's path. A non-empty
+    DIR that is not a previous sample is refused: only the sample's own input/ and plan.yaml are replaced."""
     from neva_prep.sample import write_sample
 
-    say(str(run(write_sample, directory)))
+    say(str(run(write_sample, directory, force=force)))
 
 
 def command() -> Any:

@@ -166,7 +166,7 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
             os.makedirs(directory, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115 - closed below, renamed only on success
         except OSError as exc:
-            raise BadInput(f"{path}: cannot write destination ({exc.strerror})") from None
+            raise unwritable(path, exc) from None
         try:
             with f:
                 yield f
@@ -209,15 +209,48 @@ def write_text(url: str, text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
 
+def unwritable(url: str, exc: OSError | None = None) -> BadInput:
+    """The one message for a destination that cannot be written: bad input, a retry cannot help."""
+    why = f" ({exc.strerror or type(exc).__name__})" if exc is not None else ""
+    return BadInput(f"{redact(url)}: cannot write destination{why}")
+
+
 def remove(url: str, *, recursive: bool = False) -> None:
-    """Remove `url` if it exists."""
+    """Remove `url` if it exists (a path under a regular file does not)."""
     fs = filesystem(url)
     path = _path(url, fs)
-    with contextlib.suppress(FileNotFoundError):
+    try:
         fs.rm(path, recursive=recursive)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as exc:
+        raise unwritable(url, exc) from None
 
 
 def makedirs(url: str) -> None:
-    """Create a local directory (object stores need none)."""
+    """Create a local directory (object stores need none); one that cannot be made is bad input."""
     if is_local(url):
-        os.makedirs(_local_path(url), exist_ok=True)
+        try:
+            os.makedirs(_local_path(url), exist_ok=True)
+        except OSError as exc:
+            raise unwritable(url, exc) from None
+
+
+def ensure_writable(url: str) -> None:
+    """Fail early, creating nothing, when a local destination cannot be made or written.
+
+    Walks up to the nearest existing ancestor: a regular file there, or a directory the process may not
+    write into, makes the whole destination unusable. Object stores are checked by the first write."""
+    if not is_local(url):
+        return
+    path = os.path.abspath(_local_path(url))
+    probe = path
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if probe != path and not os.path.isdir(probe):
+        raise unwritable(url, NotADirectoryError(20, f"{probe} is not a directory"))
+    if os.path.isdir(probe) and not os.access(probe, os.W_OK | os.X_OK):
+        raise unwritable(url, PermissionError(13, "Permission denied"))

@@ -20,6 +20,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from neva_prep import storage
+from neva_prep.errors import BadInput
+
 
 @dataclass(frozen=True)
 class TinyLlama:
@@ -155,11 +158,39 @@ def write_llama(
     return root
 
 
-def write_sample(directory: str | os.PathLike[str]) -> Path:
-    """Write the built-in sample (tiny model, data, plan) under `directory`; returns the plan path."""
+MARKER = ".neva-prep-sample"
+"""Written first into a sample folder: its `input/` and `plan.yaml` are the tool's own to replace."""
+_PLAN_HEADER = "# The built-in sample plan (`neva-prep sample DIR`); run it with `neva-prep launch local`.\n"
+
+
+def _is_sample(root: Path) -> bool:
+    """A previous sample: our marker, or the plan header samples wrote before there was a marker."""
+    if (root / MARKER).is_file():
+        return True
+    try:
+        with open(root / "plan.yaml", encoding="utf-8") as f:
+            return f.readline() == _PLAN_HEADER
+    except OSError:
+        return False
+
+
+def write_sample(directory: str | os.PathLike[str], *, force: bool = False) -> Path:
+    """Write the built-in sample (tiny model, data, plan) under `directory`; returns the plan path.
+
+    It replaces only what a previous sample made (`input/`, `plan.yaml`): a non-empty folder that is not a
+    sample is refused (BadInput) unless `force`, so a mistyped DIR never loses a user's files."""
     root = Path(directory).resolve()
-    if root.exists():
-        shutil.rmtree(root / "input", ignore_errors=True)
+    storage.ensure_writable(str(root))
+    if root.exists() and not root.is_dir():
+        raise BadInput(f"{root}: exists and is not a directory")
+    if root.is_dir() and any(root.iterdir()) and not force and not _is_sample(root):
+        raise BadInput(
+            f"{root}: not empty and not a previous sample (no {MARKER}); "
+            "choose an empty or new folder, or pass --force to write the sample into it"
+        )
+    storage.makedirs(str(root))
+    (root / MARKER).write_text("neva-prep sample: input/ and plan.yaml are re-made by `neva-prep sample`\n")
+    shutil.rmtree(root / "input", ignore_errors=True)
     write_llama(root / "input" / "llama-tiny", TinyLlama(), shards=2)
     data = root / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -197,6 +228,7 @@ def _write_plan(root: Path) -> Path:
         ],
     }
     path = root / "plan.yaml"
-    header = "# The built-in sample plan (`neva-prep sample DIR`); run it with `neva-prep launch local`.\n"
-    path.write_text(header + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    path.write_text(
+        _PLAN_HEADER + yaml.safe_dump(plan, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
     return path
