@@ -1,6 +1,7 @@
-"""`launch k8s`: manifests valid against the official schemas (strict), the retry / index / gating semantics
-on the rendered objects, the committed `k8s/` folder in step with the renderer, and `--apply` / `--wait`
-through the real Kubernetes client against a recording API stub on 127.0.0.1 (no cluster can run here)."""
+"""`launch k8s`: manifests valid against the official schemas (strict), the retry / index / gating / volume
+semantics on the rendered objects, the committed `k8s/` folder in step with the renderer, and `--apply` /
+`--wait` through the real Kubernetes client against a recording API stub on 127.0.0.1 (no cluster can run
+here). `test_k8s_replay.py` runs the rendered pods' commands end to end."""
 
 from __future__ import annotations
 
@@ -16,8 +17,17 @@ import yaml
 from kubernetes_validate import utils as kube_validate
 
 from conftest import REPO, neva
+from neva_prep.errors import BadInput
 from neva_prep.launch import k8s
-from neva_prep.launch.plan import Plan, example_plan, merge_argv, model_argv, parse_plan, shard_argv
+from neva_prep.launch.plan import (
+    Plan,
+    example_plan,
+    merge_argv,
+    model_argv,
+    parse_plan,
+    shard_argv,
+    wait_argv,
+)
 
 SCHEMA_VERSIONS = ("1.29.0", kube_validate.latest_version())  # 1.29: the oldest we support
 SECRET_VALUE = "wJalrXUtnFEMI-never-in-a-manifest"
@@ -41,11 +51,48 @@ def _gpu_plan() -> Plan:
     return parse_plan(data, "gpu")
 
 
+VOLUMES = {
+    "pvc": {"name": "data", "mount_path": "/data", "persistent_volume_claim": "neva-prep-data"},
+    "nfs": {"name": "data", "mount_path": "/data", "nfs": {"server": "10.0.0.2", "path": "/exports/neva"}},
+    "host_path": {"name": "data", "mount_path": "/data", "host_path": "/mnt/neva"},
+}
+
+
+def _volume_plan(kind: str) -> Plan:
+    """The example with its data on a volume: a local output, llava read from a second, read-only volume."""
+    data = yaml.safe_load(example_plan())
+    data["output"] = "/data/neva-prep"
+    data["datasets"][1]["source"] = "/datasets/llava/blip_laion_cc_sbu_558k.json"
+    data["data_image"] = "nvcr.io/my-org/neva-prep-data:0.1.0"
+    data["kubernetes"]["volumes"] = [
+        VOLUMES[kind],
+        {
+            "name": "datasets",
+            "mount_path": "/datasets",
+            "persistent_volume_claim": "llava",
+            "read_only": True,
+        },
+    ]
+    return parse_plan(data, "volumes.yaml")
+
+
+def _pvc_plan() -> Plan:
+    return _volume_plan("pvc")
+
+
+def _nfs_plan() -> Plan:
+    return _volume_plan("nfs")
+
+
+def _host_path_plan() -> Plan:
+    return _volume_plan("host_path")
+
+
 def _manifests(plan: Plan) -> dict[str, dict[str, Any]]:
     return {k8s.job_name(job): k8s.to_dict(job) for job in k8s.jobs(plan)}
 
 
-@pytest.mark.parametrize("make_plan", [_example, _gpu_plan])
+@pytest.mark.parametrize("make_plan", [_example, _gpu_plan, _pvc_plan, _nfs_plan, _host_path_plan])
 def test_every_manifest_validates_strictly(make_plan: Any) -> None:
     for text in k8s.render(make_plan()).values():
         doc = yaml.safe_load(text)
@@ -87,8 +134,9 @@ def test_indexed_shards_fail_an_index_on_bad_input_and_ignore_disruptions() -> N
         ]
         (container,) = spec["template"]["spec"]["containers"]
         assert container["name"] == "neva-prep"
-        assert [container["command"][0], *container["args"]] == shard_argv(plan, ds)
+        assert [container["command"][0], *container["args"]] == shard_argv(plan, ds, record_failure=True)
         assert "--shard-index" not in container["args"]  # the index comes from the Job
+        assert "--record-failure" in container["args"]  # exit 2 leaves the record the merge's wait reads
         index_env = {e["name"]: e for e in container["env"]}["JOB_COMPLETION_INDEX"]
         assert index_env["valueFrom"]["fieldRef"]["fieldPath"] == (
             "metadata.annotations['batch.kubernetes.io/job-completion-index']"
@@ -97,53 +145,148 @@ def test_indexed_shards_fail_an_index_on_bad_input_and_ignore_disruptions() -> N
     assert jobs["neva-prep-llava-pretrain"]["spec"]["parallelism"] == 4  # default: all shards
 
 
-def test_merge_is_gated_by_retrying_until_every_shard_finished() -> None:
+def test_merge_waits_in_an_init_container_and_fails_at_once_when_the_wait_fails() -> None:
     plan = _example()
     jobs = _manifests(plan)
     for ds in plan.datasets:
         merge = jobs[f"{plan.name}-{ds.name}-merge"]
         spec = merge["spec"]
-        (container,) = spec["template"]["spec"]["containers"]
+        pod = spec["template"]["spec"]
+        (init,) = pod["initContainers"]
+        (container,) = pod["containers"]
+        assert [init["command"][0], *init["args"]] == wait_argv(plan, ds)
         assert [container["command"][0], *container["args"]] == merge_argv(plan, ds)
-        # it waits for exactly the shard count of its Indexed Job
-        args = container["args"]
-        assert (
-            int(args[args.index("--num-shards") + 1]) == jobs[f"{plan.name}-{ds.name}"]["spec"]["completions"]
-        )
-        # exit 1 (shards missing) is retried with back-off for hours; exit 2 fails the Job at once
-        assert spec["backoffLimit"] >= 30
-        assert spec["podFailurePolicy"]["rules"][0] == {
-            "action": "FailJob",
-            "onExitCodes": {"containerName": "neva-prep", "operator": "In", "values": [2]},
+        # it waits for exactly the shard count of its Indexed Job, and at most the plan's timeout
+        for args in (init["args"], container["args"]):
+            shards = jobs[f"{plan.name}-{ds.name}"]["spec"]["completions"]
+            assert int(args[args.index("--num-shards") + 1]) == shards
+        assert init["args"][init["args"].index("--timeout") + 1] == "86400"
+        # no retries to gate with: the merge is retried like any step, a failed wait fails the Job
+        assert spec["backoffLimit"] == plan.kubernetes.backoff_limit_per_index
+        assert spec["podFailurePolicy"]["rules"][:2] == [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "neva-prep", "operator": "In", "values": [2]},
+            },
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": "wait-for-shards", "operator": "In", "values": [1, 2]},
+            },
+        ]
+        # the wait sees what the merge sees: same image, credentials, volumes
+        assert {k: v for k, v in init.items() if k not in ("name", "args")} == {
+            k: v for k, v in container.items() if k not in ("name", "args")
         }
         assert "gating" in json.dumps(merge["metadata"]["annotations"])
+    # nothing waits for the model step: no other step reads its output
+    assert "initContainers" not in jobs["neva-prep-model"]["spec"]["template"]["spec"]
+    assert "initContainers" not in jobs["neva-prep-webvid"]["spec"]["template"]["spec"]
 
 
-def test_the_merge_command_exits_1_until_the_shards_are_there(tmp_path: Path) -> None:
-    """The gating above relies on `data merge` itself: run it for real before, during and after the shards."""
-    data = {
-        "output": str(tmp_path / "out"),
-        "datasets": [
-            {
-                "name": "webvid",
-                "source": str(REPO / "job/neva_prep/sample/webvid.csv"),
-                "from": "webvid",
-                "media": "video",
-                "shards": 2,
-            }
-        ],
-    }
+def test_wait_timeout_zero_waits_for_ever() -> None:
+    data = yaml.safe_load(example_plan())
+    data["kubernetes"]["wait_timeout_seconds"] = 0
     plan = parse_plan(data, "p")
-    ds = plan.datasets[0]
-    merge = merge_argv(plan, ds)[1:]
-    before = neva(*merge)
-    assert before.returncode == 1, before.stderr
-    assert neva(*shard_argv(plan, ds)[1:], "--shard-index", "1").returncode == 0
-    assert neva(*merge).returncode == 1  # one of two shards: still not finished
-    assert neva(*shard_argv(plan, ds)[1:], env={"JOB_COMPLETION_INDEX": "0"}).returncode == 0
-    after = neva(*merge)
-    assert after.returncode == 0, after.stderr
-    assert (tmp_path / "out/datasets/webvid/webvid.json").exists()
+    (init,) = _manifests(plan)["neva-prep-webvid-merge"]["spec"]["template"]["spec"]["initContainers"]
+    assert "--timeout" not in init["args"]
+
+
+@pytest.mark.parametrize("kind", sorted(VOLUMES))
+def test_every_pod_mounts_the_plans_volumes(kind: str) -> None:
+    plan = _volume_plan(kind)
+    expected_volume = {
+        "pvc": {"name": "data", "persistentVolumeClaim": {"claimName": "neva-prep-data"}},
+        "nfs": {"name": "data", "nfs": {"server": "10.0.0.2", "path": "/exports/neva"}},
+        "host_path": {"name": "data", "hostPath": {"path": "/mnt/neva", "type": "Directory"}},
+    }[kind]
+    for name, job in _manifests(plan).items():
+        pod = job["spec"]["template"]["spec"]
+        assert pod["volumes"] == [
+            {"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}},
+            expected_volume,
+            {"name": "datasets", "persistentVolumeClaim": {"claimName": "llava", "readOnly": True}},
+        ], name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            assert c["volumeMounts"] == [
+                {"name": "scratch", "mountPath": "/tmp"},
+                {"name": "data", "mountPath": "/data"},
+                {"name": "datasets", "mountPath": "/datasets", "readOnly": True},
+            ], name
+            # data steps run the slim image; only the model step needs NeMo
+            image = plan.image if name.endswith("-model") else "nvcr.io/my-org/neva-prep-data:0.1.0"
+            assert c["image"] == image, name
+
+
+def test_manifests_name_no_namespace_unless_the_plan_does() -> None:
+    for job in _manifests(_example()).values():
+        assert "namespace" not in job["metadata"]  # kubectl's current namespace
+    for job in _manifests(_gpu_plan()).values():
+        assert job["metadata"]["namespace"] == "ml-data"
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "message"),
+    [
+        (
+            lambda d: d.update(output="/home/me/out"),
+            "output",
+            "local path /home/me/out is on no mounted volume",
+        ),
+        (lambda d: d.update(output="out"), "output", "relative local path 'out'"),
+        (lambda d: d.update(output="/datasets/out"), "output", "mounted read-only"),
+        (lambda d: d["model"].update(source="/models/hf"), "model.source", "is on no mounted volume"),
+        (
+            lambda d: d["datasets"][0].update(media_root="file:///srv/videos"),
+            "datasets[0].media_root",
+            "/srv",
+        ),
+        (lambda d: d["datasets"][0].update(prompts="/etc/p.txt"), "datasets[0].prompts", "/etc/p.txt"),
+        (lambda d: d["datasets"][0].update(source="/data-old/w.csv"), "datasets[0].source", "/data-old"),
+    ],
+)
+def test_a_local_path_no_pod_can_see_is_refused(change: Any, field: str, message: str) -> None:
+    data = yaml.safe_load(example_plan())
+    data["kubernetes"]["volumes"] = [
+        VOLUMES["pvc"],
+        {
+            "name": "datasets",
+            "mount_path": "/datasets",
+            "persistent_volume_claim": "llava",
+            "read_only": True,
+        },
+    ]
+    change(data)
+    plan = parse_plan(data, "p.yaml")
+    with pytest.raises(BadInput) as info:
+        k8s.jobs(plan)
+    assert str(info.value).startswith(f"p.yaml, field {field!r}: ")
+    assert message in str(info.value)
+
+
+def test_urls_and_paths_on_volumes_are_accepted() -> None:
+    data = yaml.safe_load(example_plan())
+    data["kubernetes"]["volumes"] = [VOLUMES["nfs"]]
+    data["output"] = "file:///data/out"
+    data["datasets"][0] |= {"source": "/data/webvid/*.csv", "media_root": "/data", "prompts": "video_brief"}
+    data["datasets"][1]["source"] = "gs://bucket/llava.json"
+    assert len(k8s.jobs(parse_plan(data, "p.yaml"))) == 5
+
+
+def test_launch_and_plan_check_refuse_a_bare_local_path(tmp_path: Path) -> None:
+    """The sample plan (local paths, no volume) runs locally, but no pod could see its files."""
+    plan = Path(neva("sample", str(tmp_path / "sample")).stdout.strip())
+    r = neva("launch", "k8s", str(plan), "--out", str(tmp_path / "k8s"))
+    assert r.returncode == 2
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"neva-prep: error: {plan}, field 'model.source': local path {tmp_path}")
+    assert "use a URL (s3://, gs://) or a path on a volume listed in kubernetes.volumes" in line
+    assert "(and 3 more local path(s))" in line
+    assert not (tmp_path / "k8s").exists()  # nothing rendered
+    check = neva("plan", "check", str(plan), "--for", "k8s")
+    assert check.returncode == 2 and check.stderr == r.stderr and check.stdout == ""
+    for target in ("local", "slurm"):
+        assert neva("plan", "check", str(plan), "--for", target).returncode == 0
+    assert neva("plan", "check", str(plan)).returncode == 0
 
 
 def test_model_job_asks_for_gpus_only_when_the_plan_does() -> None:
@@ -175,21 +318,28 @@ def test_pods_are_locked_down_and_get_credentials_only_from_the_secret() -> None
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] == 1000
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}]
-        (c,) = pod["containers"]
-        assert c["securityContext"] == {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
-        assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
-        env = {e["name"]: e.get("value") for e in c["env"]}
-        assert env["TMPDIR"] == "/tmp" and env["HOME"] == "/tmp"
-        assert not any(k.startswith("AWS_") for k in env)  # credentials: the Secret only
-        assert c["envFrom"] == [{"secretRef": {"name": "neva-prep-s3"}}]
+        containers = pod["containers"] + pod.get("initContainers", [])
+        assert len(containers) == (2 if name.endswith("-merge") else 1)
+        for c in containers:
+            _assert_locked_down(c)
+
+
+def _assert_locked_down(c: dict[str, Any]) -> None:
+    """What every container of every pod must keep, init containers included."""
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert c["volumeMounts"] == [{"name": "scratch", "mountPath": "/tmp"}]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["TMPDIR"] == "/tmp" and env["HOME"] == "/tmp"
+    assert not any(k.startswith("AWS_") for k in env)  # credentials: the Secret only
+    assert c["envFrom"] == [{"secretRef": {"name": "neva-prep-s3"}}]
 
 
 def test_cli_renders_without_leaking_the_environment(tmp_path: Path) -> None:
@@ -248,6 +398,7 @@ class _Api(ThreadingHTTPServer):
         self.jobs: dict[str, dict[str, Any]] = {}
         self.polls: dict[str, int] = {}
         self.fail: dict[str, str] = {}  # job name -> Failed condition reason
+        self.messages: dict[str, str] = {}  # job name -> Failed condition message
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -286,8 +437,10 @@ class _Handler(BaseHTTPRequestHandler):
         if polls == 1:
             status: dict[str, Any] = {"active": 1, "succeeded": 0}
         elif name in self.server.fail:
-            reason = self.server.fail[name]
-            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": reason}]}
+            condition = {"type": "Failed", "status": "True", "reason": self.server.fail[name]}
+            if name in self.server.messages:
+                condition["message"] = self.server.messages[name]
+            status = {"failed": 1, "conditions": [condition]}
         else:
             status = {"succeeded": done, "conditions": [{"type": "Complete", "status": "True"}]}
         self._send(200, {**job, "status": status})
@@ -361,6 +514,50 @@ def test_wait_reports_bad_input_with_exit_2(api: tuple[_Api, dict[str, str]], tm
     r = neva(*args, "--interval", "0.05", env=env)
     assert r.returncode == 2, r.stdout + r.stderr
     assert "neva-prep-llava-pretrain-merge: Failed (PodFailurePolicy)" in r.stdout
+
+
+def test_wait_reports_a_timed_out_merge_wait_with_exit_1(
+    api: tuple[_Api, dict[str, str]], tmp_path: Path
+) -> None:
+    """The wait's timeout (exit 1) also fails the Job through its podFailurePolicy: not bad input."""
+    server, env = api
+    server.fail["neva-prep-webvid-merge"] = "PodFailurePolicy"
+    server.messages["neva-prep-webvid-merge"] = (
+        "Container wait-for-shards for pod default/neva-prep-webvid-merge-x8k2p failed with exit code 1 "
+        "matching FailJob rule at index 1"
+    )
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    args = ("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", "--wait")
+    r = neva(*args, "--interval", "0.05", env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "neva-prep-webvid-merge: Failed (PodFailurePolicy: Container wait-for-shards" in r.stdout
+
+
+def test_jobs_go_to_the_current_namespace_when_the_plan_names_none(
+    api: tuple[_Api, dict[str, str]], tmp_path: Path
+) -> None:
+    server, env = api
+    kubeconfig = yaml.safe_load(Path(env["KUBECONFIG"]).read_text())
+    kubeconfig["contexts"][0]["context"]["namespace"] = "team-a"
+    Path(env["KUBECONFIG"]).write_text(yaml.safe_dump(kubeconfig))
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    args = ("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", "--wait")
+    r = neva(*args, "--interval", "0.05", env=env)
+    assert r.returncode == 0, r.stderr
+    paths = {path for _, path, _, _ in server.requests}
+    assert "/apis/batch/v1/namespaces/team-a/jobs" in paths
+    assert "/apis/batch/v1/namespaces/team-a/jobs/neva-prep-webvid-merge/status" in paths
+    assert not any("/namespaces/default/" in p for p in paths)
+
+    data = yaml.safe_load(example_plan())
+    data["kubernetes"]["namespace"] = "ml-data"  # the plan's namespace wins
+    plan_file.write_text(yaml.safe_dump(data))
+    server.jobs.clear()
+    server.requests.clear()
+    assert neva(*args, "--interval", "0.05", env=env).returncode == 0
+    assert {path.split("/")[5] for _, path, _, _ in server.requests} == {"ml-data"}
 
 
 def test_apply_without_a_cluster_is_one_line_exit_2(tmp_path: Path) -> None:

@@ -4,10 +4,15 @@ One Job per step: the model step (with a GPU when the plan asks for one); per da
 index K runs shard K (`JOB_COMPLETION_INDEX`), and a merge Job. Exit code 2 (bad input) fails a shard's
 index (or the model/merge Job) at once through `podFailurePolicy`; node disruptions are not counted.
 
-Kubernetes has no Job dependencies, so the merge is gated by the merge command itself: `data merge` exits 1
-("N shards not finished") until every shard wrote its completion marker, and the merge Job's `backoffLimit`
-retries it with the Job controller's exponential back-off (10 s doubling, capped at 6 minutes). No init
-container, no RBAC, no extra command: `kubectl apply -f DIR` alone runs the plan to completion.
+Pods see only their volumes: the plan's `kubernetes.volumes` (PVC, NFS, host path) are mounted in every pod,
+and a plan with a local path on none of them is refused before anything is rendered (`plan.check_for`).
+
+Kubernetes has no Job dependencies, so the merge pod starts with the shards and waits in an init container:
+`data wait` polls the dataset's shard folder (one listing per poll) until every shard wrote its completion
+marker, then the merge container starts, once. A shard that exits 2 leaves a failure record
+(`data convert --record-failure`) and the wait exits 2, failing the merge Job at once; so does the wait's
+timeout (exit 1). On the happy path no pod fails. Nothing waits for the model step: no other step reads it.
+No RBAC and no extra tool: `kubectl apply -f DIR` alone runs the plan to completion.
 """
 
 from __future__ import annotations
@@ -23,28 +28,33 @@ from kubernetes import client
 from neva_prep import storage
 from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, StepFailed
 from neva_prep.launch.plan import (
+    SCRATCH_MOUNT,
     DatasetSpec,
     Plan,
+    Target,
+    VolumeSpec,
+    check_for,
     merge_argv,
     merge_job_name,
     model_argv,
     model_job_name,
     shard_argv,
     shards_job_name,
+    wait_argv,
 )
 
 CONTAINER = "neva-prep"
-SCRATCH = "/tmp"
+WAIT_CONTAINER = "wait-for-shards"
+SCRATCH = SCRATCH_MOUNT
 UID = 1000
-# (10+20+40+80+160+320 s) + 34 x 360 s: the merge waits about 3.5 hours for its shards before giving up.
-MERGE_BACKOFF_LIMIT = 40
 _RENDERED = "rendered by `neva-prep launch k8s`"
 KUSTOMIZATION = "Kustomization"  # kustomize's extension-less name: `kubectl apply -f DIR` skips it
+_IN_CLUSTER_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 GATING_NOTE = (
-    "The merge starts with the shards and exits 1 until every shard wrote its completion marker; "
-    "backoffLimit retries it with exponential back-off (up to 6 min apart), so `kubectl apply -f DIR` "
-    "alone runs the plan to completion. Exit 2 (bad input) fails it at once."
+    "The merge pod starts with the shards; its init container runs `neva-prep data wait` until every shard "
+    "wrote its completion marker, then the merge runs once. A shard that failed with bad input (exit 2) or "
+    "the wait's timeout (exit 1) fails this Job at once."
 )
 
 
@@ -60,16 +70,29 @@ def _labels(plan: Plan, component: str, ds: DatasetSpec | None = None) -> dict[s
     return labels
 
 
-def _failure_policy(action: str) -> client.V1PodFailurePolicy:
-    """Exit 2 means a retry cannot help: `action` (FailIndex / FailJob) at once; disruptions never count."""
+def _failure_policy(action: str, *, waits: bool = False) -> client.V1PodFailurePolicy:
+    """Exit 2 means a retry cannot help: `action` (FailIndex / FailJob) at once; disruptions never count.
+    A wait that ends without success (a failed shard, or its timeout) would only wait again: FailJob."""
+    rules = [
+        client.V1PodFailurePolicyRule(
+            action=action,
+            on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT]
+            ),
+        )
+    ]
+    if waits:
+        rules.append(
+            client.V1PodFailurePolicyRule(
+                action="FailJob",
+                on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
+                    container_name=WAIT_CONTAINER, operator="In", values=[EXIT_FAILED, EXIT_BAD_INPUT]
+                ),
+            )
+        )
     return client.V1PodFailurePolicy(
         rules=[
-            client.V1PodFailurePolicyRule(
-                action=action,
-                on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
-                    container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT]
-                ),
-            ),
+            *rules,
             client.V1PodFailurePolicyRule(
                 action="Ignore",
                 on_pod_conditions=[
@@ -80,7 +103,29 @@ def _failure_policy(action: str) -> client.V1PodFailurePolicy:
     )
 
 
-def _container(plan: Plan, argv: list[str], gpus: int, env: list[client.V1EnvVar]) -> client.V1Container:
+def _volume(v: VolumeSpec) -> client.V1Volume:
+    if v.persistent_volume_claim is not None:
+        return client.V1Volume(
+            name=v.name,
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(
+                claim_name=v.persistent_volume_claim, read_only=v.read_only or None
+            ),
+        )
+    if v.nfs is not None:
+        return client.V1Volume(
+            name=v.name,
+            nfs=client.V1NFSVolumeSource(server=v.nfs.server, path=v.nfs.path, read_only=v.read_only or None),
+        )
+    assert v.host_path is not None
+    # "Directory": it must exist on the node; one the kubelet created would be root's, unwritable for uid 1000
+    return client.V1Volume(
+        name=v.name, host_path=client.V1HostPathVolumeSource(path=v.host_path, type="Directory")
+    )
+
+
+def _container(
+    plan: Plan, name: str, image: str, argv: list[str], gpus: int, env: list[client.V1EnvVar]
+) -> client.V1Container:
     k = plan.kubernetes
     requests = {"cpu": k.cpu_request, "memory": k.memory_request}
     limits: dict[str, str] = {}
@@ -95,9 +140,14 @@ def _container(plan: Plan, argv: list[str], gpus: int, env: list[client.V1EnvVar
         client.V1EnvVar(name="HOME", value=SCRATCH),
         client.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
     ]
+    mounts = [client.V1VolumeMount(name="scratch", mount_path=SCRATCH)]
+    mounts += [
+        client.V1VolumeMount(name=v.name, mount_path=v.mount_path, read_only=v.read_only or None)
+        for v in k.volumes
+    ]
     return client.V1Container(
-        name=CONTAINER,
-        image=plan.image,
+        name=name,
+        image=image,
         image_pull_policy="IfNotPresent",
         command=[argv[0]],
         args=argv[1:],
@@ -115,7 +165,7 @@ def _container(plan: Plan, argv: list[str], gpus: int, env: list[client.V1EnvVar
             capabilities=client.V1Capabilities(drop=["ALL"]),
             seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
         ),
-        volume_mounts=[client.V1VolumeMount(name="scratch", mount_path=SCRATCH)],
+        volume_mounts=mounts,
     )
 
 
@@ -128,9 +178,12 @@ def _job(
     ds: DatasetSpec | None = None,
     gpus: int = 0,
     indexed: bool = False,
+    wait: list[str] | None = None,
     annotations: dict[str, str] | None = None,
 ) -> client.V1Job:
+    """One Job; `wait`: the argv of an init container that must succeed before `argv` starts."""
     k = plan.kubernetes
+    image = plan.image if component == "model" else plan.shards_image
     labels = _labels(plan, component, ds)
     env = []
     if indexed:  # Kubernetes injects it too; explicit so the shard index never depends on that
@@ -157,11 +210,13 @@ def _job(
             fs_group=UID,
             seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
         ),
-        containers=[_container(plan, argv, gpus, env)],
+        init_containers=[_container(plan, WAIT_CONTAINER, image, wait, 0, [])] if wait else None,
+        containers=[_container(plan, CONTAINER, image, argv, gpus, env)],
         volumes=[
             client.V1Volume(
                 name="scratch", empty_dir=client.V1EmptyDirVolumeSource(size_limit=k.scratch_size)
-            )
+            ),
+            *(_volume(v) for v in k.volumes),
         ],
     )
     spec = client.V1JobSpec(
@@ -180,8 +235,8 @@ def _job(
     else:
         spec.completions = 1
         spec.parallelism = 1
-        spec.backoff_limit = MERGE_BACKOFF_LIMIT if component == "merge" else k.backoff_limit_per_index
-        spec.pod_failure_policy = _failure_policy("FailJob")
+        spec.backoff_limit = k.backoff_limit_per_index
+        spec.pod_failure_policy = _failure_policy("FailJob", waits=bool(wait))
     return client.V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -193,12 +248,15 @@ def _job(
 
 
 def jobs(plan: Plan) -> list[client.V1Job]:
-    """Every Job of the plan: the model step, then per dataset its shards and its merge."""
+    """Every Job of the plan: the model step, then per dataset its shards and its merge. A plan with a
+    local path that no pod could see is refused here (bad input), before anything is rendered."""
+    check_for(plan, Target.K8S)
     out = []
     if plan.model is not None:
         out.append(_job(plan, model_job_name(plan), "model", model_argv(plan), gpus=plan.model.gpus))
     for ds in plan.datasets:
-        out.append(_job(plan, shards_job_name(plan, ds), "shards", shard_argv(plan, ds), ds=ds, indexed=True))
+        shard = shard_argv(plan, ds, record_failure=True)
+        out.append(_job(plan, shards_job_name(plan, ds), "shards", shard, ds=ds, indexed=True))
         out.append(
             _job(
                 plan,
@@ -206,6 +264,7 @@ def jobs(plan: Plan) -> list[client.V1Job]:
                 "merge",
                 merge_argv(plan, ds),
                 ds=ds,
+                wait=wait_argv(plan, ds),
                 annotations={"neva-prep/gating": GATING_NOTE},
             )
         )
@@ -232,13 +291,15 @@ def _header(job: client.V1Job) -> str:
     component = _component(job)
     lines = [f"# {job_name(job)}: {_RENDERED} from the plan; edit the plan instead."]
     if component == "shards":
-        lines.append("# Index K runs shard K (JOB_COMPLETION_INDEX); exit 2 (bad input) fails that index.")
+        lines += [
+            "# Index K runs shard K (JOB_COMPLETION_INDEX); exit 2 (bad input) fails that index and leaves",
+            "# the failure record DST/shards/IIIII-of-NNNNN.FAILED for the merge's wait.",
+        ]
     elif component == "merge":
         lines += [
-            "# Gating: this Job starts with the shards; `data merge` exits 1 until every shard wrote its",
-            "# completion marker, and backoffLimit retries it with exponential back-off (10 s doubling, at",
-            "# most 6 min apart; about 3.5 h in all), so `kubectl apply -f DIR` alone runs the plan through.",
-            "# Exit 2 (bad input) fails it at once.",
+            "# Gating: this Job starts with the shards; its init container (`data wait`, one listing per",
+            "# poll) waits until every shard wrote its completion marker, then the merge runs once. A shard",
+            "# that failed with bad input (exit 2) or the wait's timeout (exit 1) fails the Job at once.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -300,12 +361,15 @@ def write_manifests(plan: Plan, out: str) -> list[str]:
     return list(files)
 
 
-def _api() -> client.BatchV1Api:
-    """A Batch API client from the kubeconfig (KUBECONFIG or ~/.kube/config), else the in-cluster account."""
+def _api() -> tuple[client.BatchV1Api, str]:
+    """A Batch API client from the kubeconfig (KUBECONFIG or ~/.kube/config), else the in-cluster account,
+    and the namespace kubectl would use: the current context's, the pod's own, else `default`."""
     from kubernetes import config
 
     try:
         config.load_kube_config()
+        _, context = config.list_kube_config_contexts()
+        namespace = str((context or {}).get("context", {}).get("namespace") or "default")
     except (config.ConfigException, OSError, TypeError):
         try:
             config.load_incluster_config()
@@ -313,7 +377,12 @@ def _api() -> client.BatchV1Api:
             raise BadInput(
                 "no Kubernetes configuration: set KUBECONFIG (or ~/.kube/config), or run inside a cluster"
             ) from None
-    return client.BatchV1Api()
+        try:
+            with open(_IN_CLUSTER_NAMESPACE, encoding="utf-8") as f:
+                namespace = f.read().strip() or "default"
+        except OSError:
+            namespace = "default"
+    return client.BatchV1Api(), namespace
 
 
 def _api_error(exc: client.ApiException, what: str) -> Exception:
@@ -323,13 +392,14 @@ def _api_error(exc: client.ApiException, what: str) -> Exception:
     return StepFailed(reason)
 
 
-def apply(plan: Plan, api: client.BatchV1Api) -> tuple[list[str], list[str]]:
-    """Create every Job in the plan's namespace; existing Jobs are left alone (re-running is safe)."""
+def apply(plan: Plan, api: client.BatchV1Api, namespace: str = "default") -> tuple[list[str], list[str]]:
+    """Create every Job in the plan's namespace (else `namespace`, the current one); existing Jobs are left
+    alone (re-running is safe)."""
     created: list[str] = []
     existing: list[str] = []
     for job in jobs(plan):
         try:
-            api.create_namespaced_job(namespace=plan.kubernetes.namespace, body=job)
+            api.create_namespaced_job(namespace=plan.kubernetes.namespace or namespace, body=job)
         except client.ApiException as exc:
             if exc.status == 409:
                 existing.append(job_name(job))
@@ -348,9 +418,16 @@ def job_state(job: client.V1Job) -> tuple[str | None, str]:
     )
     for cond in status.conditions or []:
         if cond.status == "True" and cond.type in ("Complete", "Failed"):
-            state = cond.type if cond.type == "Complete" else f"Failed ({cond.reason or 'unknown'})"
-            return state, text
+            if cond.type == "Complete":
+                return "Complete", text
+            why = cond.reason or "unknown"
+            return f"Failed ({why}: {cond.message})" if cond.message else f"Failed ({why})", text
     return None, text
+
+
+def failed_with_bad_input(state: str) -> bool:
+    """A Job failed by the exit-2 rule of its podFailurePolicy (not by the wait's timeout, exit 1)."""
+    return state.startswith("Failed (PodFailurePolicy") and f"exit code {EXIT_FAILED} " not in state
 
 
 def wait(
@@ -359,8 +436,10 @@ def wait(
     names: list[str],
     echo: Callable[[str], None],
     interval: float = 10.0,
+    namespace: str = "default",
 ) -> dict[str, str]:
-    """Poll the Jobs until each is Complete or Failed, printing a line whenever one of them changes."""
+    """Poll the Jobs (in the plan's namespace, else `namespace`) until each is Complete or Failed, printing
+    a line whenever one of them changes."""
     final: dict[str, str] = {}
     last: dict[str, str] = {}
     while len(final) < len(names):
@@ -368,7 +447,9 @@ def wait(
             if name in final:
                 continue
             try:
-                job = api.read_namespaced_job_status(name=name, namespace=plan.kubernetes.namespace)
+                job = api.read_namespaced_job_status(
+                    name=name, namespace=plan.kubernetes.namespace or namespace
+                )
             except client.ApiException as exc:
                 raise _api_error(exc, f"reading job {name}") from None
             state, text = job_state(job)
@@ -397,14 +478,14 @@ def launch_k8s(
     result = K8sLaunch(out=out, files=write_manifests(plan, out))
     if not (do_apply or do_wait):
         return result
-    api = _api()
+    api, namespace = _api()
     if do_apply:
-        result.created, result.existing = apply(plan, api)
+        result.created, result.existing = apply(plan, api, namespace)
     if do_wait:
         names = [job_name(job) for job in jobs(plan)]
-        result.final = wait(plan, api, names, echo, interval)
+        result.final = wait(plan, api, names, echo, interval, namespace)
         failed = [state for state in result.final.values() if state != "Complete"]
-        if any("PodFailurePolicy" in s for s in failed):
+        if any(failed_with_bad_input(s) for s in failed):
             result.exit_code = EXIT_BAD_INPUT
         elif failed:
             result.exit_code = EXIT_FAILED

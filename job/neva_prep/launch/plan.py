@@ -3,22 +3,25 @@
 Every launcher (Kubernetes, Slurm, local) renders the argv lists built here and nothing else, so a job
 on any scheduler runs exactly the command a user would type. The plan is validated when it is loaded
 (unknown keys, wrong types, names that cannot become Kubernetes/Slurm job names): a bad plan is bad input
-(exit 2) before anything is submitted.
+(exit 2) before anything is submitted. What only one scheduler needs (on Kubernetes, every local path on a
+mounted volume) is checked by `check_for` when the plan is rendered for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import re
 import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import yaml
 
 from neva_prep import storage
-from neva_prep.data.prompts import check_builtin
+from neva_prep.data.prompts import builtin_names, check_builtin
 from neva_prep.errors import BadInput, where
 
 PRECISIONS = ("16", "bf16", "32")
@@ -28,6 +31,18 @@ MEDIA = ("image", "video")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MAX_JOB_NAME = 63 - len("-merge")  # Job names become pod labels and hostnames (<= 63 characters)
 _TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
+_VOLUME_KEYS = ("name", "mount_path", "persistent_volume_claim", "nfs", "host_path", "read_only")
+_VOLUME_SOURCES = ("persistent_volume_claim", "nfs", "host_path")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+SCRATCH_MOUNT = "/tmp"  # every pod's emptyDir scratch (TMPDIR, HOME); no plan volume may take it
+
+
+class Target(str, Enum):
+    """Where a plan is rendered for; `plan check --for` applies that scheduler's extra rules."""
+
+    K8S = "k8s"
+    SLURM = "slurm"
+    LOCAL = "local"
 
 
 @dataclass(frozen=True)
@@ -65,10 +80,35 @@ class DatasetSpec:
 
 
 @dataclass(frozen=True)
+class NfsExport:
+    server: str
+    path: str
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """A volume every pod mounts at `mount_path`: exactly one of a PVC, an NFS export or a node's path.
+
+    Pods see nothing of the machine that rendered them: a local path in the plan means a path on one of
+    these volumes (the PVC over NFS / Lustre / Filestore that training clusters keep their data on)."""
+
+    name: str
+    mount_path: str
+    persistent_volume_claim: str | None = None
+    nfs: NfsExport | None = None
+    host_path: str | None = None
+    read_only: bool = False
+
+    def holds(self, path: str) -> bool:
+        """Whether the absolute, normalised `path` lies on this volume."""
+        return path == self.mount_path or path.startswith(self.mount_path.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
 class KubernetesSpec:
     """Where and how the Jobs run; credentials come only from `secret` (a Secret with AWS_* keys)."""
 
-    namespace: str = "default"
+    namespace: str | None = None  # None: kubectl's current namespace (the manifests name none)
     secret: str | None = None
     gpu_resource: str = "nvidia.com/gpu"
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -81,6 +121,8 @@ class KubernetesSpec:
     memory_request: str = "8Gi"
     memory_limit: str | None = "16Gi"
     scratch_size: str = "20Gi"
+    volumes: tuple[VolumeSpec, ...] = ()
+    wait_timeout_seconds: int = 86400  # how long a merge waits for its shards (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,12 @@ class Plan:
     kubernetes: KubernetesSpec
     slurm: SlurmSpec
     name: str = "neva-prep"
+    data_image: str | None = None  # the shards', waits' and merges' image (no GPU, no NeMo); None: `image`
+    source: str = field(default="plan", compare=False)  # the plan file, for messages
+
+    @property
+    def shards_image(self) -> str:
+        return self.data_image or self.image
 
     def dataset(self, name: str) -> DatasetSpec:
         for ds in self.datasets:
@@ -171,6 +219,12 @@ class _Section:
             raise self.error(self.key(key), f"expected an integer, got {_kind(value)}")
         if value < minimum:
             raise self.error(self.key(key), f"must be >= {minimum}, got {value}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise self.error(self.key(key), f"expected true or false, got {_kind(value)}")
         return value
 
     def strings(self, key: str) -> tuple[str, ...] | None:
@@ -267,7 +321,9 @@ def _kubernetes(sec: _Section) -> KubernetesSpec:
         item: dict[str, Any] = {k: tol.text(k, None) for k in _TOLERATION_KEYS[:-1]}
         item["toleration_seconds"] = tol.integer("toleration_seconds", None)
         checked.append({k: v for k, v in item.items() if v is not None})
-    namespace = _dns_label(sec, "namespace", sec.text("namespace", "default"))
+    namespace = sec.text("namespace", None)
+    if namespace is not None:
+        _dns_label(sec, "namespace", namespace)
     return KubernetesSpec(
         namespace=namespace,
         secret=sec.text("secret", None),
@@ -282,7 +338,49 @@ def _kubernetes(sec: _Section) -> KubernetesSpec:
         memory_request=sec.text("memory_request", "8Gi"),
         memory_limit=sec.text("memory_limit", "16Gi"),
         scratch_size=sec.text("scratch_size", "20Gi"),
+        volumes=_volumes(sec),
+        wait_timeout_seconds=sec.integer("wait_timeout_seconds", 86400),
     )
+
+
+def _absolute(sec: _Section, key: str, value: str) -> str:
+    if not value.startswith("/") or posixpath.normpath(value) != value or value == "/":
+        raise sec.error(sec.key(key), f"{value!r} must be an absolute, normalised path other than /")
+    return value
+
+
+def _volumes(sec: _Section) -> tuple[VolumeSpec, ...]:
+    items = sec.raw("volumes", [])
+    if not isinstance(items, list):
+        raise sec.error(sec.key("volumes"), f"expected a list, got {_kind(items)}")
+    volumes: list[VolumeSpec] = []
+    for i, item in enumerate(items):
+        vol = _Section(item, sec.key(f"volumes[{i}]"), sec.source, _VOLUME_KEYS)
+        name = vol.text("name")
+        if len(name) > 63 or not _DNS_LABEL.match(name) or name == "scratch":
+            raise vol.error(vol.key("name"), f"{name!r} must be a DNS-1123 label other than 'scratch'")
+        mount_path = _absolute(vol, "mount_path", vol.text("mount_path"))
+        given = [k for k in _VOLUME_SOURCES if vol.data.get(k) is not None]
+        if len(given) != 1:
+            raise vol.error(vol.path, f"give exactly one of {', '.join(_VOLUME_SOURCES)} (got {len(given)})")
+        claim = vol.text("persistent_volume_claim", None)
+        if claim is not None and (len(claim) > 253 or not _DNS_SUBDOMAIN.match(claim)):
+            raise vol.error(vol.key("persistent_volume_claim"), f"{claim!r} is not a PVC name")
+        nfs = None
+        if vol.data.get("nfs") is not None:
+            export = vol.section("nfs", ("server", "path"))
+            nfs = NfsExport(export.text("server"), _absolute(export, "path", export.text("path")))
+        host_path = vol.text("host_path", None)
+        if host_path is not None:
+            _absolute(vol, "host_path", host_path)
+        spec = VolumeSpec(name, mount_path, claim, nfs, host_path, vol.boolean("read_only", False))
+        for other in (SCRATCH_MOUNT, *(v.mount_path for v in volumes)):
+            if spec.holds(other) or VolumeSpec("", other).holds(mount_path):
+                raise vol.error(vol.key("mount_path"), f"{mount_path} overlaps {other} (mounted already)")
+        if name in (v.name for v in volumes):
+            raise vol.error(vol.key("name"), f"duplicate volume name {name!r}")
+        volumes.append(spec)
+    return tuple(volumes)
 
 
 def _slurm(sec: _Section) -> SlurmSpec:
@@ -306,7 +404,12 @@ def _slurm(sec: _Section) -> SlurmSpec:
 
 def parse_plan(data: object, source: str) -> Plan:
     """Validate an already-parsed plan document; `source` names it in messages."""
-    top = _Section(data, "", source, ("name", "output", "image", "model", "datasets", "kubernetes", "slurm"))
+    top = _Section(
+        data,
+        "",
+        source,
+        ("name", "output", "image", "data_image", "model", "datasets", "kubernetes", "slurm"),
+    )
     name = _dns_label(top, "name", top.text("name", "neva-prep"))
     model_data = top.data.get("model")
     model = None if model_data is None else _model(top.section("model", _fields(ModelSpec)))
@@ -337,6 +440,8 @@ def parse_plan(data: object, source: str) -> Plan:
         kubernetes=_kubernetes(top.section("kubernetes", _fields(KubernetesSpec))),
         slurm=_slurm(top.section("slurm", _fields(SlurmSpec))),
         name=name,
+        data_image=top.text("data_image", None),
+        source=source,
     )
 
 
@@ -351,6 +456,55 @@ def load_plan(url: str) -> Plan:
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise BadInput(f"{storage.redact(url)}{at}: not valid YAML ({problem})") from None
     return parse_plan(data, storage.redact(url))
+
+
+# --- what one scheduler needs on top ---------------------------------------------------------------------
+
+
+def local_paths(plan: Plan) -> list[tuple[str, str]]:
+    """(field, path) of every local path the steps read or write; URLs (s3://, gs://) are not listed."""
+    found: list[tuple[str, str]] = []
+    if plan.model is not None:
+        found.append(("model.source", plan.model.source))
+    found.append(("output", plan.output))
+    for i, ds in enumerate(plan.datasets):
+        found.append((f"datasets[{i}].source", ds.source))
+        if ds.media_root is not None:
+            found.append((f"datasets[{i}].media_root", ds.media_root))
+        if ds.prompts is not None and ds.prompts not in builtin_names():
+            found.append((f"datasets[{i}].prompts", ds.prompts))
+    return [(key, storage.local_path(url)) for key, url in found if storage.is_local(url)]
+
+
+def _kubernetes_path_problem(plan: Plan, key: str, path: str) -> str | None:
+    volumes = plan.kubernetes.volumes
+    mounted = ", ".join(v.mount_path for v in volumes) or "none"
+    advice = "use a URL (s3://, gs://) or a path on a volume listed in kubernetes.volumes"
+    if not path.startswith("/"):
+        return f"relative local path {path!r} means nothing inside a pod: {advice}"
+    normal = posixpath.normpath(path)
+    holder = next((v for v in volumes if v.holds(normal)), None)
+    if holder is None:
+        return f"local path {path} is on no mounted volume (mounted: {mounted}), pods cannot see it: {advice}"
+    if key == "output" and holder.read_only:
+        return f"{path} is on volume {holder.name!r}, mounted read-only: the output needs a writable volume"
+    return None
+
+
+def check_for(plan: Plan, target: Target | str) -> None:
+    """Refuse (bad input) what cannot work where the plan is rendered for. Kubernetes: pods see only their
+    volumes, so every local path must lie under a `kubernetes.volumes` mount path (or be a URL)."""
+    if Target(target) is not Target.K8S:
+        return
+    problems = [
+        (key, problem)
+        for key, path in local_paths(plan)
+        if (problem := _kubernetes_path_problem(plan, key, path)) is not None
+    ]
+    if problems:
+        key, problem = problems[0]
+        more = f" (and {len(problems) - 1} more local path(s))" if len(problems) > 1 else ""
+        raise BadInput(f"{where(plan.source, field=key)}: {problem}{more}")
 
 
 # --- the one mapping onto CLI calls ----------------------------------------------------------------------
@@ -375,9 +529,10 @@ def model_argv(plan: Plan) -> list[str]:
     return argv
 
 
-def shard_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
+def shard_argv(plan: Plan, ds: DatasetSpec, *, record_failure: bool = False) -> list[str]:
     """`neva-prep data convert ...` for one shard; the shard index comes from the scheduler's environment
-    (JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID) or an appended `--shard-index I`."""
+    (JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID) or an appended `--shard-index I`. `record_failure`: a
+    shard that exits 2 leaves the record `wait_argv`'s command reads (Kubernetes, where a merge waits)."""
     argv = ["neva-prep", "data", "convert", ds.source, dataset_output(plan, ds)]
     argv += ["--from", ds.from_, "--media", ds.media, "--num-shards", str(ds.shards)]
     options = (
@@ -390,12 +545,24 @@ def shard_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
     for flag, value in options:
         if value is not None:
             argv += [flag, value]
+    if record_failure:
+        argv.append("--record-failure")
+    return argv
+
+
+def wait_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
+    """`neva-prep data wait OUTPUT/datasets/NAME --num-shards N [--timeout S]`: where no scheduler can order
+    the merge after the shards (Kubernetes), it waits in front of the merge: exit 0 when every shard
+    finished, 2 when one failed with bad input (its failure record), 1 after the plan's wait timeout."""
+    argv = ["neva-prep", "data", "wait", dataset_output(plan, ds), "--num-shards", str(ds.shards)]
+    if plan.kubernetes.wait_timeout_seconds:
+        argv += ["--timeout", str(plan.kubernetes.wait_timeout_seconds)]
     return argv
 
 
 def merge_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
-    """`neva-prep data merge OUTPUT/datasets/NAME --name NAME --num-shards N`: exits 1 until every shard
-    finished (the schedulers' retry gating relies on it); the shard count ignores shards of older runs."""
+    """`neva-prep data merge OUTPUT/datasets/NAME --name NAME --num-shards N`: run after the shards (exits 1
+    while one is not finished); the shard count ignores shards of older runs."""
     return [
         "neva-prep",
         "data",
@@ -429,11 +596,37 @@ def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
         yield merge_job_name(plan, ds), merge_argv(plan, ds)
 
 
-def describe(plan: Plan) -> str:
-    """What `plan check` prints: the commands every launcher will run."""
+def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
+    """`steps` as the Kubernetes Jobs run them: shards leave failure records, each merge waits first."""
+    if plan.model is not None:
+        yield model_job_name(plan), model_argv(plan)
+    for ds in plan.datasets:
+        yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds, record_failure=True)
+        yield f"{merge_job_name(plan, ds)} (init)", wait_argv(plan, ds)
+        yield merge_job_name(plan, ds), merge_argv(plan, ds)
+
+
+def describe(plan: Plan, target: Target | str | None = None) -> str:
+    """What `plan check` prints: the commands every launcher (or the `target` one) will run."""
     lines = [f"plan {plan.name!r}: output {storage.redact(plan.output)}, image {plan.image}"]
-    lines += [f"  {job}: {storage.redact(shlex.join(argv))}" for job, argv in steps(plan)]
+    if plan.data_image:
+        lines[0] += f", data image {plan.data_image}"
+    k8s = target is not None and Target(target) is Target.K8S
+    commands = _kubernetes_steps(plan) if k8s else steps(plan)
+    lines += [f"  {job}: {storage.redact(shlex.join(argv))}" for job, argv in commands]
+    for v in plan.kubernetes.volumes:
+        lines.append(f"  kubernetes volume {v.name}: {_volume_text(v)} at {v.mount_path}")
     return "\n".join(lines)
+
+
+def _volume_text(v: VolumeSpec) -> str:
+    if v.persistent_volume_claim is not None:
+        what = f"PVC {v.persistent_volume_claim}"
+    elif v.nfs is not None:
+        what = f"NFS {v.nfs.server}:{v.nfs.path}"
+    else:
+        what = f"host path {v.host_path}"
+    return what + (" (read-only)" if v.read_only else "")
 
 
 EXAMPLE_PLAN = """\
@@ -444,6 +637,7 @@ EXAMPLE_PLAN = """\
 name: neva-prep                      # job name prefix (lowercase letters, digits, '-')
 output: s3://my-bucket/neva-prep     # checkpoints/, tokenizers/, datasets/NAME/ land under here
 image: nvcr.io/my-org/neva-prep:0.1.0  # built from this repo's Dockerfile (FROM the NeMo container)
+# data_image: nvcr.io/my-org/neva-prep-data:0.1.0  # shards, waits, merges: no GPU, no NeMo (default: image)
 
 model:                               # HF LLaMA-2 / Vicuna -> checkpoints/NAME.nemo, tokenizers/
   source: s3://my-bucket/hf/Llama-2-7b-chat-hf
@@ -477,7 +671,7 @@ datasets:                            # each: `shards` parallel conversions, then
   #   prompts: image_brief           # a list shipped in the package (image_brief, video_brief) or a file URL
 
 kubernetes:
-  namespace: default
+  # namespace: ml-data               # default: kubectl's current namespace (the manifests name none)
   secret: neva-prep-s3               # Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...
   gpu_resource: nvidia.com/gpu
   node_selector: {}                  # e.g. {nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB}
@@ -489,6 +683,19 @@ kubernetes:
   memory_request: 8Gi
   memory_limit: 16Gi
   scratch_size: 20Gi                 # emptyDir mounted at /tmp
+  wait_timeout_seconds: 86400        # a merge waits this long for its shards, then fails (0: forever)
+  volumes: []                        # mounted by every pod; local paths in this plan must lie on one
+  # volumes:                         # (pods see nothing else; URLs like s3:// need no volume)
+  #   - name: data
+  #     mount_path: /data
+  #     persistent_volume_claim: neva-prep-data   # a PVC in the Jobs' namespace (ReadWriteMany for shards)
+  #   - name: datasets
+  #     mount_path: /datasets
+  #     nfs: {server: nfs.example.com, path: /exports/datasets}
+  #     read_only: true
+  #   - name: node-models
+  #     mount_path: /models
+  #     host_path: /mnt/models          # an existing directory on every node
 
 slurm:
   partition: null
