@@ -315,6 +315,66 @@ def data_validate(
         raise typer.Exit(EXIT_CHECK_FAILED)
 
 
+@data_app.command("check")
+def data_check(
+    file: str = typer.Argument(..., metavar="FILE", help="A merged NeVA / VideoNeVA JSON array file or URL."),
+    media: Media = typer.Option(..., "--media", help="image (NeVA) or video (VideoNeVA)."),
+    template: str = typer.Option(
+        ..., "--template", help="model.data.conv_template: plain, llama_2, v1, nvgpt, nv_steerlm, nv_dpo."
+    ),
+    tokenizer: str = typer.Option(..., "--tokenizer", help="The patched tokenizer_neva.model (path or URL)."),
+    seq_length: int = typer.Option(..., "--seq-length", help="model.encoder_seq_length."),
+    crop_size: int = typer.Option(224, "--crop-size", help="Vision crop size in pixels."),
+    patch_size: int = typer.Option(14, "--patch-size", help="Vision patch size in pixels."),
+    media_tokens: int | None = typer.Option(
+        None, "--media-tokens", help="Tokens per image, instead of (crop/patch)^2."
+    ),
+    num_frames: int | None = typer.Option(None, "--num-frames", help="model.data.num_frames (video)."),
+    media_root: str | None = typer.Option(None, "--media-root", help="image_folder / video_folder."),
+    decode: bool = typer.Option(False, "--decode", help="Decode every media file (Pillow / PyAV)."),
+    num_shards: int = typer.Option(1, "--num-shards", help="Shards the check is split into."),
+    shard_index: int | None = typer.Option(
+        None, "--shard-index", help="This shard. Default: $JOB_COMPLETION_INDEX, $SLURM_ARRAY_TASK_ID, 0."
+    ),
+    merge: bool = typer.Option(False, "--merge", help="Combine the finished shards into the report."),
+    report: str = typer.Option(..., "--report", help="Folder for lengths, findings, summary, report.html."),
+    write_clean: str | None = typer.Option(
+        None, "--write-clean", help="Write FILE minus the records with findings here (+ .rejects.jsonl)."
+    ),
+) -> None:
+    """Exact NeMo token lengths, template rules and media decoding; exit 0 if ready to train, 3 if not."""
+    from neva_prep.data.check import CheckOptions, CheckResult, check_file
+    from neva_prep.data.convert import shard_index_from_env
+
+    options = run(
+        CheckOptions,
+        template=template,
+        media=media,
+        tokenizer=tokenizer,
+        seq_length=seq_length,
+        crop_size=crop_size,
+        patch_size=patch_size,
+        media_tokens=media_tokens,
+        num_frames=num_frames,
+        media_root=media_root,
+        decode=decode,
+    )
+    index = shard_index if shard_index is not None or merge else run(shard_index_from_env)
+    result = run(
+        check_file,
+        file,
+        report,
+        options,
+        num_shards=num_shards,
+        shard_index=index,
+        merge=merge,
+        clean=write_clean,
+    )
+    say(result.summary())
+    if isinstance(result, CheckResult) and result.exit_code:
+        raise typer.Exit(result.exit_code)
+
+
 # --- launchers: plan / launch -----------------------------------------------------------------------------
 
 
