@@ -40,8 +40,9 @@ def test_invalid_records_are_reported_with_row_and_reason(tmp_path: Path) -> Non
         ),
         bad_turns,
         record(4, image="../escape.jpg"),
-        record(1),  # same id as row 1
+        record(1),  # the same record as row 1
         record(6, media="video"),
+        record(1, conversations=[{"from": "human", "value": "<image>\nWhy?"}, {"from": "gpt", "value": "z"}]),
     ]
     path = tmp_path / "neva.json"
     path.write_bytes(orjson.dumps(records))
@@ -52,11 +53,13 @@ def test_invalid_records_are_reported_with_row_and_reason(tmp_path: Path) -> Non
         (2, "placeholder count"),
         (3, "turn order"),
         (4, "path escapes root"),
-        (5, "duplicate id"),
+        (5, "duplicate record"),
         (6, "wrong media key 'video'"),
     ]
     assert all(x["source"] == str(path) and x["input"] and x["detail"] for x in lines)
-    assert "INVALID: 6 records, 1 valid, 5 invalid" in r.stdout
+    assert "INVALID: 7 records, 2 valid, 5 invalid" in r.stdout
+    # row 7 repeats row 1's id with another conversation: a distinct sample, counted, not invalid
+    assert "repeated ids: 1 valid records share their id" in r.stdout
 
     report = tmp_path / "report.jsonl"
     r = neva("data", "validate", str(path), "--media", "image", "--report", str(report))

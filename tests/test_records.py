@@ -9,7 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from neva_prep.data.prompts import choose_prompt, load_prompts
 from neva_prep.data.records import (
+    WEBVID_PROMPT,
     ConvertOptions,
     RecordError,
     build_record,
@@ -75,6 +77,8 @@ def test_good_records_pass() -> None:
         (rec(conversations=...), "missing field 'conversations'"),
         (rec(conversations="hi"), "wrong type"),
         (rec(conversations=[]), "empty conversations"),
+        (rec(conversations=conv("<image>\nDescribe.")), "no answer"),  # a question alone trains nothing
+        (rec(image=..., conversations=conv("Hi")), "no answer"),
         (rec(conversations=["<image>", "x"]), "wrong type"),
         (rec(conversations=[{"value": "<image>"}]), "missing field 'from'"),
         (rec(conversations=[{"from": "human"}]), "missing field 'value'"),
@@ -181,6 +185,36 @@ def test_bad_options_are_bad_input() -> None:
         build_record(row({}), ConvertOptions("captions", "image"))
     with pytest.raises(BadInput, match="--from"):
         build_record(row({}), ConvertOptions("tsv", "image"))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (ConvertOptions("llava", "image", prompts="image_brief"), "--prompts is for --from captions"),
+        (ConvertOptions("llava", "image", media_column="path"), "--media-column is for --from captions"),
+        (ConvertOptions("llava", "video", id_column="id"), "--id-column is for --from captions"),
+        (ConvertOptions("webvid", "video", caption_column="name"), "--caption-column is for --from captions"),
+    ],
+)
+def test_options_a_format_cannot_use_are_refused(options: ConvertOptions, message: str) -> None:
+    """Never ignore an option: the user meant something by it."""
+    with pytest.raises(BadInput, match=message):
+        build_record(row({}), options)
+
+
+def test_webvid_honours_prompts() -> None:
+    value = {"videoid": "1043215450", "page_dir": "076101_076150", "name": "A beach"}
+    default = build_record(row(value), WEBVID)["conversations"][0]["value"]
+    assert default == "<video>\n" + WEBVID_PROMPT  # the VideoNeVA guide's prompt stays the default
+    listed = load_prompts("video_brief", "video")
+    chosen = build_record(row(value), ConvertOptions("webvid", "video", prompts="video_brief"))
+    assert chosen["conversations"][0]["value"] == "<video>\n" + choose_prompt(listed, "1043215450")
+    prompts: set[str] = set()
+    for vid in range(40):
+        value = {"videoid": str(vid), "page_dir": "p", "name": "c"}
+        record = build_record(row(value), ConvertOptions("webvid", "video", prompts="video_brief"))
+        prompts.add(record["conversations"][0]["value"].removeprefix("<video>\n"))
+    assert len(prompts) > 1 and prompts <= set(listed)
 
 
 CAPTIONS = ConvertOptions("captions", "image", media_column="path", caption_column="text")

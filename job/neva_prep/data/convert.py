@@ -1,8 +1,12 @@
 """`data convert`: one shard of the input -> its records, rejects, stats and completion marker.
 
 A shard reads only its splits (`sources.splits_for_shard`), one row at a time, and streams three files
-into its folder (`shards.py` has the layout). Nothing is decided across shards here: duplicate ids are
-found by the merge, which sees every shard in source order.
+into its folder (`shards.py` has the layout). Nothing is decided across shards here: duplicates are found
+by the merge, which sees every shard in source order; the shard only hashes each record's id and
+duplicate key (`records.DUPLICATE_KEY`) into its index.
+
+Nothing is created at the destination before the shard's input files pass `sources.check_split`, and a
+shard that still fails with bad input removes the folders it made: exit 2 leaves the destination as it was.
 """
 
 from __future__ import annotations
@@ -18,8 +22,22 @@ import orjson
 from neva_prep import storage
 from neva_prep.data import shards
 from neva_prep.data.media import MediaRoot
-from neva_prep.data.records import ConvertOptions, RecordError, encode_record, media_paths, record_builder
-from neva_prep.data.sources import Split, expand_sources, read_split, splits_for_shard
+from neva_prep.data.records import (
+    DUPLICATE_KEY,
+    ConvertOptions,
+    RecordError,
+    encode_record,
+    media_paths,
+    record_builder,
+)
+from neva_prep.data.sources import (
+    Split,
+    check_split,
+    expand_sources,
+    file_identity,
+    read_split,
+    splits_for_shard,
+)
 from neva_prep.data.stats import Lengths, record_lengths, sorted_counts
 from neva_prep.errors import BadInput
 from neva_prep.progress import Reporter
@@ -102,24 +120,66 @@ def convert_shard(
         )
     record_builder(options)  # unusable options (--from webvid --media image, ...) fail before any I/O
     sources = expand_sources(source)
-    splits = splits_for_shard(sources, options.source_format, num_shards, shard_index)
+    # Identities are taken before reading: an input changed while the shard runs is redone next time.
+    inputs = [file_identity(url) for url in sources]
+    sizes = [int(i["size"]) for i in inputs]
+    if not any(sizes):
+        raise BadInput(f"{_names(sources)}: empty (0 bytes); no data rows to convert")
+    fmt = options.source_format
+    splits = splits_for_shard(sources, fmt, num_shards, shard_index, sizes=sizes)
     directory = shards.shard_dir(destination, shard_index, num_shards)
     marker = shards.Marker(
-        fingerprint=shards.fingerprint(sources, options.source_format, options, media_root, num_shards),
+        fingerprint=shards.fingerprint(inputs, fmt, options, media_root, num_shards),
         shard_index=shard_index,
         num_shards=num_shards,
         splits=[shards.split_json(s) for s in splits],
+        inputs=inputs,
     )
     if not force and shards.read_marker(directory) == marker:
         return ShardResult.from_stats(directory, shards.read_stats(directory), skipped=True)
+    for split in splits:
+        check_split(split, fmt, options)
+    # This shard reads every byte of the input: no rows here means no rows in the dataset.
+    whole_input = [s.source for s in splits] if sum(s.end - s.start for s in splits) == sum(sizes) else None
 
-    # A re-run first withdraws the old marker: a crash from here on must not leave "done" over new files.
-    storage.remove(storage.join(directory, shards.DONE))
-    storage.makedirs(directory)
-    stats = _write_shard(directory, splits, options, media_root, shard_index, num_shards)
-    storage.write_bytes(storage.join(directory, shards.STATS), _json_file(stats))
-    storage.write_bytes(storage.join(directory, shards.DONE), marker.to_bytes())
+    made = _missing_dirs(directory)
+    try:
+        # A re-run first withdraws the old marker: a crash from here on must not leave "done" over new files.
+        storage.remove(storage.join(directory, shards.DONE))
+        storage.makedirs(directory)
+        stats = _write_shard(directory, splits, options, media_root, shard_index, num_shards, whole_input)
+        storage.write_bytes(storage.join(directory, shards.STATS), _json_file(stats))
+        storage.write_bytes(storage.join(directory, shards.DONE), marker.to_bytes())
+    except BaseException:
+        _remove_empty_dirs(made)
+        raise
     return ShardResult.from_stats(directory, stats, skipped=False)
+
+
+def _names(urls: list[str], limit: int = 5) -> str:
+    shown = ", ".join(storage.redact(u) for u in urls[:limit])
+    return shown + (f" and {len(urls) - limit} more" if len(urls) > limit else "")
+
+
+def _missing_dirs(directory: str) -> list[str]:
+    """The local folders `storage.makedirs(directory)` would create, deepest first (none on object stores)."""
+    if not storage.is_local(directory):
+        return []
+    missing = []
+    path = os.path.abspath(storage.local_path(directory))
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_empty_dirs(paths: list[str]) -> None:
+    """Undo `_missing_dirs`' folders, deepest first, as far as they are still empty."""
+    for path in paths:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def _json_file(data: dict[str, Any]) -> bytes:
@@ -166,6 +226,7 @@ def _write_shard(
     media_root: str | None,
     shard_index: int,
     num_shards: int,
+    whole_input: list[str] | None,
 ) -> dict[str, Any]:
     media = MediaRoot(media_root) if media_root else None
     crash_after = int(os.environ.get(CRASH_ENV) or 0)
@@ -175,6 +236,9 @@ def _write_shard(
     build = record_builder(options)
     pack = shards.INDEX_ENTRY.pack
     id_key = shards.id_key
+    content_key = shards.content_key
+    by_id = DUPLICATE_KEY[options.source_format] == "id"
+    media_key = options.media
     label = f"data convert shard {shard_index}/{num_shards}"
 
     with ExitStack() as stack:
@@ -211,7 +275,9 @@ def _write_shard(
                 else:
                     converted += 1
                     records.append(encode_record(record))
-                    index.append(pack(id_key(record["id"]), row.split_row, *record_lengths(record)))
+                    rid = id_key(record["id"])
+                    key = rid if by_id else content_key(record, media_key)
+                    index.append(pack(rid, key, row.split_row, *record_lengths(record)))
                 if rows % _FLUSH_ROWS == 0:
                     out.flush()
                     progress.advance(_FLUSH_ROWS)
@@ -237,6 +303,9 @@ def _write_shard(
                     "rejects_bytes": out.rejects_pos - rejects_start,
                 }
             )
+        if whole_input is not None and total_rows == 0:
+            # raised inside the writers: their temporary files go, and convert_shard removes the folders
+            raise BadInput(f"{_names(whole_input)}: no data rows (a header or an empty array only)")
     assert total_rows == total_converted + total_rejected
     return {
         "shard_index": shard_index,
@@ -245,6 +314,7 @@ def _write_shard(
         "converted": total_converted,
         "rejected": total_rejected,
         "rejected_by_reason": sorted_counts(reasons),
+        "duplicates_by": DUPLICATE_KEY[options.source_format],
         "lengths": out.lengths.to_json(),
         "splits": split_stats,
     }

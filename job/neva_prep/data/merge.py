@@ -2,9 +2,12 @@
 
 The merge reads the shards' splits in source order (file, then byte offset), whichever shard converted
 them, so its output does not depend on the number of shards or the order they ran in. It streams: the
-records are copied as bytes (never parsed); only the 8-byte id hashes of kept records stay in memory, to
-reject later duplicates ("duplicate id": the first occurrence in source order wins). That set costs
-~70 bytes per record in CPython (~0.7 GB for WebVid's 10M rows).
+records are copied as bytes (never parsed). Duplicates are decided first, over the shards' index files
+alone: each record's 8-byte duplicate key (its media and conversations, or for WebVid its id: see
+`records.DUPLICATE_KEY`) and id hash are read into numpy arrays (16 bytes a record, ~160 MB for 10M), and a
+sort finds the first occurrence of each key ("duplicate record" / "duplicate id": the first in source order
+wins) and the ids that repeat among the records kept. A repeated id with other content is a distinct
+sample and is kept, counted in `repeated_ids`; `--unique-ids suffix` renames the later ones.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import orjson
 
 from neva_prep import storage
 from neva_prep.data import shards
+from neva_prep.data.records import encode_record
 from neva_prep.data.stats import Lengths, sorted_counts
 from neva_prep.errors import BadInput, StepFailed
 from neva_prep.progress import Reporter
@@ -27,6 +31,11 @@ from neva_prep.progress import Reporter
 _CHUNK = 8 * 2**20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RESERVED = {"stats", "rejects", shards.SHARDS_DIR}
+UNIQUE_IDS = ("keep", "suffix")
+"""`keep`: ids stay as converted (they may repeat); `suffix`: the k-th later record with an id already used
+gets `ID_k` (the first free k), a string."""
+_REASON = {"id": "duplicate id", "record": "duplicate record"}
+_INDEX_BATCH = 2**20
 
 
 @dataclass(frozen=True)
@@ -39,12 +48,21 @@ class MergeResult:
     converted: int
     rejected: int
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    repeated_ids: int = 0
+    renamed_ids: int = 0
 
     def summary(self) -> str:
         line = (
             f"merged {self.num_shards} shard(s): {self.input_rows} input rows, {self.converted} records,"
             f" {self.rejected} rejected -> {storage.redact(self.output)}"
         )
+        if self.repeated_ids:
+            line += (
+                f"\n  repeated ids: {self.repeated_ids} records share their id with an earlier record"
+                " (kept: other content)"
+            )
+            if self.renamed_ids:
+                line += f"; {self.renamed_ids} renamed ID_k (--unique-ids suffix)"
         if self.rejected_by_reason:
             line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
             line += f"\n  rejects: {storage.redact(self.rejects)}"
@@ -118,8 +136,11 @@ def _check_name(name: str) -> None:
         )
 
 
-def finished_shards(destination: str, num_shards: int | None) -> tuple[int, list[dict[str, Any]]]:
-    """(num_shards, every shard's stats) — or StepFailed naming the shards that have not finished."""
+def finished_shards(
+    destination: str, num_shards: int | None
+) -> tuple[int, list[shards.Marker], list[dict[str, Any]]]:
+    """(num_shards, every shard's marker and stats) — or StepFailed naming the shards that have not
+    finished, or BadInput when they were made from different input versions or options."""
     found = shards.shard_counts(destination)
     if num_shards is None:
         if not found:
@@ -151,22 +172,51 @@ def finished_shards(destination: str, num_shards: int | None) -> tuple[int, list
             f" {shown}; re-run `data convert` for them (--shard-index I)"
         )
     if len({m.fingerprint for m in markers}) > 1:
-        raise StepFailed(
-            f"{storage.redact(destination)}: shards were converted from different inputs or options;"
-            " re-run `data convert` with --force for every shard"
+        raise BadInput(f"{storage.redact(destination)}: {_mismatch(markers)}")
+    return (
+        num_shards,
+        markers,
+        [shards.read_stats(shards.shard_dir(destination, i, num_shards)) for i in range(num_shards)],
+    )
+
+
+def _mismatch(markers: list[shards.Marker]) -> str:
+    """What differs between the shards' markers: the input files (named, with the shards of each
+    version) or, failing that, the options."""
+    versions: dict[str, dict[str, list[int]]] = {}
+    for m in markers:
+        for identity in m.inputs:
+            version = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).decode()
+            versions.setdefault(identity["source"], {}).setdefault(version, []).append(m.shard_index)
+    changed = {src: v for src, v in versions.items() if len(v) > 1}
+    added = {src for src, v in versions.items() if sum(len(ix) for ix in v.values()) < len(markers)}
+    redo = "; re-run `data convert --force` for every shard"
+    if changed:
+        parts = []
+        for src, by_version in list(changed.items())[:5]:
+            groups = " vs ".join("shards " + ",".join(map(str, ix)) for ix in by_version.values())
+            parts.append(f"{src} ({groups})")
+        return "shards were converted from different versions of " + "; ".join(parts) + redo
+    if added:
+        return (
+            "shards were converted from different input files (" + ", ".join(sorted(added)[:5]) + ")" + redo
         )
-    return num_shards, [
-        shards.read_stats(shards.shard_dir(destination, i, num_shards)) for i in range(num_shards)
-    ]
+    return "shards were converted with different options" + redo
 
 
-def merge_shards(destination: str, *, name: str, num_shards: int | None = None) -> MergeResult:
+def merge_shards(
+    destination: str, *, name: str, num_shards: int | None = None, unique_ids: str = "keep"
+) -> MergeResult:
     """Merge the shards under `destination` into `destination/NAME.json`, `rejects.jsonl`, `stats.json`."""
     _check_name(name)
-    num_shards, shard_stats = finished_shards(destination, num_shards)
+    if unique_ids not in UNIQUE_IDS:
+        raise BadInput(f"--unique-ids must be one of {', '.join(UNIQUE_IDS)}, got {unique_ids!r}")
+    num_shards, markers, shard_stats = finished_shards(destination, num_shards)
+    _check_not_empty(destination, markers, shard_stats)
     output = storage.join(destination, f"{name}.json")
     rejects_url = storage.join(destination, "rejects.jsonl")
     stats_url = storage.join(destination, "stats.json")
+    reason = _REASON[shard_stats[0].get("duplicates_by", "record")]
 
     # Every split of every shard, in source order; rows of earlier splits give each split's row offset.
     order = sorted(
@@ -174,12 +224,13 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
         for shard, stats in enumerate(shard_stats)
         for split in stats["splits"]
     )
+    plan = _Dedup.of(destination, num_shards, [(shard, split) for _, _, shard, split in order], unique_ids)
     offsets: dict[int, int] = {}
-    seen: set[int] = set()  # 8-byte id hashes of the records kept (see shards.id_key)
     reasons: Counter[str] = Counter()
     lengths = Lengths()
     duplicates = [0] * num_shards
-    input_rows = converted = 0
+    input_rows = converted = renamed = 0
+    at = 0  # position of the next record in the dedup plan (converted records, source order)
 
     with (
         storage.atomic_write(output) as out,
@@ -203,37 +254,33 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
             for lines in batches:
                 entries = index.take(len(lines))
                 progress.advance(len(lines))
-                keys = entries["id"].tolist()
-                fresh = set(keys)
-                if len(fresh) == len(keys) and seen.isdisjoint(fresh):
-                    # The common case, with no per-record Python: no id of this batch was seen before.
-                    seen |= fresh
+                keep = plan.keep[at : at + len(lines)]
+                new_ids = plan.new_ids(at, len(lines))
+                at += len(lines)
+                if not new_ids and keep.all():  # the common case, with no per-record Python
                     writer.add(lines)
                     lengths.merge(shards.index_lengths(entries))
                     kept += len(lines)
                     continue
-                keep = np.ones(len(lines), dtype=bool)
-                for j, key in enumerate(keys):
-                    if key not in seen:
-                        seen.add(key)
+                out_lines = []
+                for j, (line, k) in enumerate(zip(lines, keep.tolist(), strict=True)):
+                    if k:
+                        new_id = new_ids.get(j)
+                        if new_id is not None:
+                            record = orjson.loads(line)
+                            record["id"] = new_id
+                            line = encode_record(record)
+                            renamed += 1
+                        out_lines.append(line)
                         continue
-                    keep[j] = False
                     split_row = int(entries["row"][j])
                     while pending is not None and pending["split_row"] < split_row:
                         _write_reject(rej, pending, row_offset)
                         pending = next(shard_rejects, None)
-                    record_id = orjson.loads(lines[j]).get("id")
-                    duplicate = {
-                        "source": split["source"],
-                        "split_row": split_row,
-                        "reason": "duplicate id",
-                        "detail": f"id {record_id!r} already used by an earlier record (the first is kept)",
-                        "input": lines[j].decode("utf-8"),
-                    }
-                    _write_reject(rej, duplicate, row_offset)
-                    reasons["duplicate id"] += 1
+                    _write_reject(rej, _duplicate(split, split_row, line, reason), row_offset)
+                    reasons[reason] += 1
                     duplicates[shard] += 1
-                writer.add([line for line, k in zip(lines, keep.tolist(), strict=True) if k])
+                writer.add(out_lines)
                 lengths.merge(shards.index_lengths(entries[keep]))
                 kept += int(keep.sum())
             if index.left:
@@ -265,6 +312,10 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
             "converted": converted,
             "rejected": rejected,
             "rejected_by_reason": sorted_counts(reasons),
+            "duplicates_by": reason,
+            "repeated_ids": plan.repeated_ids,
+            "unique_ids": unique_ids,
+            "renamed_ids": renamed,
             "lengths": lengths.to_json(),
             "num_shards": num_shards,
             "shards": [
@@ -274,7 +325,7 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
                     "converted": s["converted"] - duplicates[i],
                     "rejected": s["rejected"] + duplicates[i],
                     "rejected_by_reason": sorted_counts(
-                        Counter(s["rejected_by_reason"]) + Counter({"duplicate id": duplicates[i]})
+                        Counter(s["rejected_by_reason"]) + Counter({reason: duplicates[i]})
                     ),
                     "splits": [
                         {k: sp[k] for k in ("source", "file_index", "start", "end", "rows")}
@@ -298,7 +349,130 @@ def merge_shards(destination: str, *, name: str, num_shards: int | None = None) 
         converted=converted,
         rejected=rejected,
         rejected_by_reason=sorted_counts(reasons),
+        repeated_ids=plan.repeated_ids,
+        renamed_ids=renamed,
     )
+
+
+def _check_not_empty(
+    destination: str, markers: list[shards.Marker], shard_stats: list[dict[str, Any]]
+) -> None:
+    """A dataset without a single record is bad input, not a success that writes `[]`."""
+    rows = sum(s["input_rows"] for s in shard_stats)
+    if rows == 0:
+        names = [i["source"] for i in markers[0].inputs]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise BadInput(f"{shown}: no data rows in any input (empty, a header or an empty array only)")
+    if sum(s["converted"] for s in shard_stats) == 0:
+        reasons: Counter[str] = Counter()
+        for s in shard_stats:
+            reasons.update(s["rejected_by_reason"])
+        top = ", ".join(f"{r}: {n}" for r, n in list(sorted_counts(reasons).items())[:3])
+        raise BadInput(
+            f"{storage.redact(destination)}: all {rows} input rows were rejected ({top}); nothing to merge"
+            f" (the reasons are in {storage.redact(storage.join(destination, shards.SHARDS_DIR))}/*/"
+            f"{shards.REJECTS})"
+        )
+
+
+def _duplicate(split: dict[str, Any], split_row: int, line: bytes, reason: str) -> dict[str, Any]:
+    if reason == "duplicate id":
+        detail = f"id {orjson.loads(line).get('id')!r} already used by an earlier record (the first is kept)"
+    else:
+        detail = "the same media and conversations as an earlier record (the first is kept)"
+    return {
+        "source": split["source"],
+        "split_row": split_row,
+        "reason": reason,
+        "detail": detail,
+        "input": line.decode("utf-8"),
+    }
+
+
+@dataclass
+class _Dedup:
+    """What the merge does with each converted record, in source order, decided from the index alone."""
+
+    keep: np.ndarray  # bool per converted record: the first of its duplicate key
+    repeated_ids: int  # kept records whose id text an earlier kept record already has
+    renames: dict[int, str]  # position of a converted record -> its new id (--unique-ids suffix)
+
+    def new_ids(self, start: int, n: int) -> dict[int, str]:
+        """{offset in the batch: new id} for the batch of `n` records at `start`."""
+        if not self.renames:
+            return {}
+        return {p - start: self.renames[p] for p in range(start, start + n) if p in self.renames}
+
+    @classmethod
+    def of(
+        cls, destination: str, num_shards: int, splits: list[tuple[int, dict[str, Any]]], unique_ids: str
+    ) -> _Dedup:
+        ids, keys = [], []
+        for shard, split in splits:
+            url = storage.join(shards.shard_dir(destination, shard, num_shards), shards.INDEX)
+            stream = _IndexStream(url, split["index_offset"], split["converted"])
+            while stream.left:
+                entries = stream.take(min(stream.left, _INDEX_BATCH))
+                ids.append(entries["id"].copy())
+                keys.append(entries["key"].copy())
+        all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype="<u8")
+        all_keys = np.concatenate(keys) if keys else np.zeros(0, dtype="<u8")
+        del ids, keys
+        keep = np.zeros(len(all_keys), dtype=bool)
+        keep[np.unique(all_keys, return_index=True)[1]] = True  # the first occurrence of each key
+        del all_keys
+        kept_positions = np.flatnonzero(keep)
+        kept_ids = all_ids[kept_positions]
+        sorter = np.argsort(kept_ids, kind="stable")  # equal ids stay in source order
+        ordered = kept_ids[sorter]
+        later = np.zeros(len(ordered), dtype=bool)
+        later[1:] = ordered[1:] == ordered[:-1]
+        repeated = int(later.sum())
+        renames: dict[int, str] = {}
+        if unique_ids == "suffix" and repeated:
+            renames = _suffixes(destination, num_shards, splits, kept_positions[sorter[later]], ordered)
+        return cls(keep=keep, repeated_ids=repeated, renames=renames)
+
+
+def _suffixes(
+    destination: str,
+    num_shards: int,
+    splits: list[tuple[int, dict[str, Any]]],
+    positions: np.ndarray,
+    taken: np.ndarray,
+) -> dict[int, str]:
+    """New ids for the records at `positions` (kept, with an id used before): `ID_k`, k counting the
+    record's earlier namesakes, raised while `ID_k` is an id already in use (`taken`, sorted hashes)."""
+    wanted = set(positions.tolist())
+    ordered = np.sort(positions)
+    renames: dict[int, str] = {}
+    used: set[bytes] = set()
+    counts: Counter[str] = Counter()
+    at = 0
+    for shard, split in splits:
+        n = split["converted"]
+        if np.searchsorted(ordered, at + n) > np.searchsorted(ordered, at):  # a record to rename in here
+            url = storage.join(shards.shard_dir(destination, shard, num_shards), shards.RECORDS)
+            position = at
+            for lines in read_line_batches(url, split["records_offset"], split["records_bytes"]):
+                for line in lines:
+                    if position in wanted:
+                        text = str(orjson.loads(line)["id"])
+                        k = counts[text] + 1
+                        while True:
+                            candidate = f"{text}_{k}"
+                            h = shards.id_key(candidate)
+                            hv = int.from_bytes(h, "little")
+                            i = int(np.searchsorted(taken, hv))
+                            if h not in used and not (i < len(taken) and int(taken[i]) == hv):
+                                break
+                            k += 1
+                        counts[text] = k
+                        used.add(h)
+                        renames[position] = candidate
+                    position += 1
+        at += n
+    return renames
 
 
 def _shard_rejects(directory: str, split: dict[str, Any]) -> Iterator[dict[str, Any]]:

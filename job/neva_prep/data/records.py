@@ -3,13 +3,15 @@
 A record is `{"id", "image"|"video", "conversations": [{"from": "human"|"gpt", "value": str}, ...]}` (see
 shared/nemo-format.md §4). Rules, each enforced here and nowhere else:
 - `conversations` is a non-empty list of `{"from", "value"}` objects alternating human/gpt, starting with
-  human, every value a non-empty string (multi-turn is kept: only the `plain` template wants exactly 2);
+  human, every value a non-empty string (multi-turn is kept: only the `plain` template wants exactly 2), with
+  at least one gpt turn (NeVA's loss is on the answers: a question alone trains nothing);
 - the number of placeholders (`<image>` / `<video>`) equals the number of media files and the other media
   type's placeholder never appears (a record whose placeholder is missing silently trains without media);
 - media paths are non-empty relative paths without `..` (NeMo joins them with `os.path.join`, so an absolute
   path silently escapes the media folder); text-only records are kept for image and refused for video;
 - `id` is present: a non-empty string, or an integer (LLaVA files use both; kept as given, never converted).
-  Caption-derived ids are always strings. Uniqueness is checked by the merge.
+  Caption-derived ids are always strings. Ids need not be unique (LLaVA's id is the image stem, shared by
+  the image's conversations): duplicates are found by the merge, by `DUPLICATE_KEY`.
 Nothing is fixed silently: a bad record raises `RecordError` with a short stable `reason` (counted in the
 stats) and a one-line `detail` naming the field.
 """
@@ -35,6 +37,10 @@ MEDIA = ("image", "video")
 PLACEHOLDER = {"image": "<image>", "video": "<video>"}
 OTHER = {"image": "video", "video": "image"}
 WEBVID_PROMPT = "Write a terse but informative summary of the following video clip."
+DUPLICATE_KEY = {"webvid": "id", "captions": "record", "llava": "record"}
+"""What makes a later record a duplicate, by `--from`: the same media and conversations ("record"; an id
+repeated with other content is a distinct sample and is kept), or, for WebVid, whose `videoid` names one
+video, the same id."""
 _DRIVE = re.compile(r"^[A-Za-z]:|^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
@@ -145,6 +151,8 @@ def validate_record(record: Any, media: str) -> None:
             _check_turns(turns, media)
         count += text.count(placeholder)  # type: ignore[union-attr]
         expected = "gpt" if expected == "human" else "human"
+    if len(turns) < 2:  # turns alternate from human: a gpt turn exists iff there are two
+        raise RecordError("no answer", "conversations has no gpt turn (nothing for NeVA to train on)")
     if count != n_media:
         raise RecordError(
             "placeholder count", f"{count} {placeholder} in conversations for {n_media} media file(s)"
@@ -215,10 +223,32 @@ def _caption(value: dict[str, Any], column: str) -> str:
     return caption
 
 
+def _refuse_column_options(options: ConvertOptions, why: str) -> None:
+    """An option the format cannot use is refused, never ignored: the user meant something by it."""
+    given = {
+        "--media-column": options.media_column,
+        "--caption-column": options.caption_column,
+        "--id-column": options.id_column,
+    }
+    for flag, value in given.items():
+        if value is not None:
+            raise BadInput(f"{flag} is for --from captions; --from {options.source_format} {why}")
+
+
 def _webvid_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
     if options.media != "video":
         raise BadInput("--from webvid makes video records: use --media video")
-    human = "<video>\n" + WEBVID_PROMPT
+    _refuse_column_options(options, "reads the columns videoid, name and page_dir")
+    if options.prompts is None:
+        guide = "<video>\n" + WEBVID_PROMPT  # the VideoNeVA guide's prompt, for every record
+
+        def human(videoid: str) -> str:
+            return guide
+    else:
+        prompts = load_prompts(options.prompts, "video")
+
+        def human(videoid: str) -> str:
+            return "<video>\n" + choose_prompt(prompts, videoid)
 
     def build(row: Row) -> dict[str, Any]:
         value = row.value
@@ -227,7 +257,7 @@ def _webvid_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
         caption = _caption(value, "name")
         path = f"{page_dir}/{videoid}.mp4"
         check_path(path, "page_dir")
-        return {"id": videoid, "video": path, "conversations": _conversation(human, caption)}
+        return {"id": videoid, "video": path, "conversations": _conversation(human(videoid), caption)}
 
     return build
 
@@ -286,6 +316,11 @@ def _retarget_turns(turns: Any, old: str, new: str) -> Any:
 
 
 def _llava_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
+    _refuse_column_options(options, "keeps the records' own fields")
+    if options.prompts is not None:
+        raise BadInput(
+            "--prompts is for --from captions and webvid; --from llava keeps the records' own turns"
+        )
     media = options.media
     other = OTHER[media]
 

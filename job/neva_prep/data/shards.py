@@ -4,15 +4,17 @@ Layout (one folder per shard; the merge reads nothing else)::
 
     DST/shards/00003-of-00008/
         records.jsonl   converted records, one canonical JSON object per line, in source order
-        index.bin       one `INDEX` entry per record: id hash, row within its split, lengths
+        index.bin       one `INDEX` entry per record: id and duplicate-key hashes, row in its split, lengths
         rejects.jsonl   rejected rows: source, split, split_row, reason, detail, input
         stats.json      counts, per-split figures and byte ranges, length statistics
-        DONE            the completion marker, written LAST: fingerprint of inputs and options
+        DONE            the completion marker, written LAST: fingerprint of inputs and options, and the
+                        identity of every input file (size + mtime_ns locally, ETag / version on stores)
 
 Each file is written atomically (temporary name, then rename; aborted multipart upload on S3), so a
 killed shard leaves no `DONE` and its leftovers never count; a re-run rewrites the whole folder. A shard
 whose `DONE` records the same fingerprint and splits is skipped on re-run (datatrove's `completions/`,
-img2dataset's `_stats.json`).
+img2dataset's `_stats.json`); the fingerprint holds each input file's identity, so an input edited in place
+(even to the same size) redoes the shard, and the merge refuses shards made from different versions.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from neva_prep.data.sources import Split
 from neva_prep.data.stats import LENGTHS, Lengths, Summary
 from neva_prep.errors import StepFailed
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 SHARDS_DIR = "shards"
 RECORDS = "records.jsonl"
 INDEX = "index.bin"
@@ -39,10 +41,18 @@ REJECTS = "rejects.jsonl"
 STATS = "stats.json"
 DONE = "DONE"
 
-INDEX_ENTRY = struct.Struct("<8sIIII")
-"""Per converted record: 8-byte id hash, 1-based row within its split, turns, human chars, gpt chars."""
+INDEX_ENTRY = struct.Struct("<8s8sIIII")
+"""Per converted record: 8-byte id hash, 8-byte duplicate-key hash (`records.DUPLICATE_KEY`), 1-based row
+within its split, turns, human chars, gpt chars."""
 INDEX_DTYPE = np.dtype(
-    [("id", "<u8"), ("row", "<u4"), ("turns", "<u4"), ("human_chars", "<u4"), ("gpt_chars", "<u4")]
+    [
+        ("id", "<u8"),
+        ("key", "<u8"),
+        ("row", "<u4"),
+        ("turns", "<u4"),
+        ("human_chars", "<u4"),
+        ("gpt_chars", "<u4"),
+    ]
 )
 assert INDEX_DTYPE.itemsize == INDEX_ENTRY.size
 
@@ -58,12 +68,20 @@ def shard_dir(destination: str, shard_index: int, num_shards: int) -> str:
 
 
 def id_key(record_id: Any) -> bytes:
-    """A stable 8-byte hash of an id (of its JSON form: `1` and `"1"` differ).
+    """A stable 8-byte hash of an id's text: `42` and `"42"` are the same id (NeMo and the LLaVA tools
+    compare ids as text), though each record keeps the type it came with.
 
-    The merge keeps only these hashes to find duplicate ids (8 bytes of payload per record instead of
-    the ids themselves); two different ids collide with probability ~n²/2⁶⁵ (about 3e-6 for 10M ids).
+    The merge keeps only these hashes (8 bytes per record instead of the ids); two different ids collide
+    with probability ~n²/2⁶⁵ (about 3e-6 for 10M ids).
     """
-    return hashlib.blake2b(orjson.dumps(record_id), digest_size=8).digest()
+    return hashlib.blake2b(str(record_id).encode("utf-8"), digest_size=8).digest()
+
+
+def content_key(record: dict[str, Any], media: str) -> bytes:
+    """A stable 8-byte hash of what NeVA trains on: the media and the conversations (not the id, which
+    NeMo does not read). Keys inside a turn are sorted, so key order in the input does not matter."""
+    payload = orjson.dumps([record.get(media), record["conversations"]], option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(payload, digest_size=8).digest()
 
 
 def index_entries(data: bytes) -> np.ndarray:
@@ -84,11 +102,14 @@ def index_lengths(data: bytes | np.ndarray) -> Lengths:
     return lengths
 
 
-def fingerprint(sources: list[str], fmt: str, options: Any, media_root: str | None, num_shards: int) -> str:
-    """What every shard of one run shares: inputs, format, options, media root, shard count."""
+def fingerprint(
+    inputs: list[dict[str, Any]], fmt: str, options: Any, media_root: str | None, num_shards: int
+) -> str:
+    """What every shard of one run shares: the input files and their versions (`sources.file_identity`),
+    format, options, media root, shard count."""
     payload = {
         "version": LAYOUT_VERSION,
-        "sources": [storage.redact(s) for s in sources],
+        "inputs": inputs,
         "format": fmt,
         "options": asdict(options),
         "media_root": storage.redact(media_root) if media_root else None,
@@ -114,6 +135,8 @@ class Marker:
     shard_index: int
     num_shards: int
     splits: list[dict[str, Any]]
+    inputs: list[dict[str, Any]]
+    """Every input file of the run (not only this shard's): redacted URL and identity."""
 
     def to_bytes(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
@@ -131,6 +154,7 @@ def read_marker(directory: str) -> Marker | None:
             shard_index=data["shard_index"],
             num_shards=data["num_shards"],
             splits=data["splits"],
+            inputs=data["inputs"],
         )
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None

@@ -15,13 +15,15 @@ them in big chunks (seeks, never the whole file; memory stays at a chunk plus on
   Elements are parsed by orjson in blocks of ~4 MiB (`_guess_block`).
 - Parquet: the row groups whose first page lies in the range, read one batch at a time with pyarrow.
 Rows that cannot be read (invalid UTF-8, malformed CSV, invalid JSON) come out as `Row`s with `error` set and
-their raw text, so that the merge can report them; a file that cannot be read at all is `BadInput`.
+their raw text, so that the merge can report them; a file that cannot be read at all is `BadInput`, found by
+`check_split` (header, first bytes, closing bracket) before anything is written.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import posixpath
 import re
 from collections.abc import Iterator
@@ -118,23 +120,53 @@ def expand_sources(src: str) -> list[str]:
     return sorted(found)
 
 
+_VERSION_KEYS = ("VersionId", "generation", "ETag", "etag", "md5Hash")
+"""Object-store metadata that changes whenever an object's bytes do (S3, GCS), in order of preference."""
+
+
+def file_identity(url: str) -> dict[str, Any]:
+    """Which version of `url` this is, in one metadata request: redacted URL, size, and locally the
+    modification time in ns, on object stores the version id / ETag. A file rewritten in place to the
+    same size still gets a new identity (unless its mtime is restored by hand)."""
+    identity: dict[str, Any] = {"source": storage.redact(url)}
+    try:
+        if storage.is_local(url):
+            st = os.stat(storage.local_path(url))
+            identity.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
+            return identity
+        info = storage.filesystem(url).info(url)
+    except FileNotFoundError:
+        raise BadInput(f"{storage.redact(url)}: no such file") from None
+    except PermissionError:
+        raise BadInput(f"{storage.redact(url)}: permission denied") from None
+    identity["size"] = int(info["size"])
+    versions = {k: str(info[k]) for k in _VERSION_KEYS if info.get(k)}
+    if not versions:  # a store without versions or ETags: its modification time is the best there is
+        versions = {k: str(info[k]) for k in ("mtime", "LastModified", "updated") if info.get(k)}
+    identity.update(versions)
+    return identity
+
+
 # --- splitting --------------------------------------------------------------------------------------------
 
 
-def splits_for_shard(sources: list[str], fmt: str, num_shards: int, shard_index: int) -> list[Split]:
+def splits_for_shard(
+    sources: list[str], fmt: str, num_shards: int, shard_index: int, sizes: list[int] | None = None
+) -> list[Split]:
     """Shard `shard_index`'s share of the input: range i of `num_shards` equal byte ranges of all the files
     laid end to end, cut at file edges. Many small files thus go whole to one shard each (one open per file
     per job, not per shard), one big file is cut N ways, and shard i's part of any file precedes shard
-    i+1's. Pure arithmetic on file sizes (one metadata request per file); `read_split` aligns on records.
+    i+1's. Pure arithmetic on file sizes (one metadata request per file, none when `sizes` are given);
+    `read_split` aligns on records.
     """
     if num_shards < 1:
         raise BadInput(f"--num-shards must be at least 1, got {num_shards}")
     if not 0 <= shard_index < num_shards:
         raise BadInput(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
-    sizes = []
     for url in sources:
         file_kind(url, fmt)
-        sizes.append(storage.size(url))
+    if sizes is None:
+        sizes = [storage.size(url) for url in sources]
     total = sum(sizes)
     lo, hi = total * shard_index // num_shards, total * (shard_index + 1) // num_shards
     splits = []
@@ -145,6 +177,44 @@ def splits_for_shard(sources: list[str], fmt: str, num_shards: int, shard_index:
             splits.append(Split(url, i, start, end))
         base += size
     return splits
+
+
+def check_split(split: Split, fmt: str, options: ConvertOptions) -> None:
+    """BadInput unless the file of `split` looks readable: a CSV header with the needed columns, a JSON
+    array that opens and closes (or JSON lines whose first line parses), a Parquet schema with the needed
+    columns. Cheap (a header, a few KiB at each end); run before anything is written, so that a file that
+    cannot be read leaves nothing at the destination."""
+    kind = file_kind(split.source, fmt)
+    source = split.source
+    with storage.open_read(source) as f:
+        if kind == "csv":
+            _csv_columns(f, source, fmt, options)
+        elif kind == "parquet":
+            _parquet_columns(f, source, options)
+        elif kind == "json":
+            first = _first_byte(f)
+            if first == b"[":
+                _array_close(f, source)
+            elif first == b"{":
+                _first_line_parses(f, source)
+            elif first != b"":
+                raise BadInput(f"{storage.redact(source)}: expected a JSON array or JSON lines")
+
+
+def _first_line_parses(f: IO[bytes], source: str) -> None:
+    """A `.json` file that starts with `{` is read as JSON lines: its first line must then be a value."""
+    f.seek(0)
+    for line in _lines(f, 3 if f.read(3) == _BOM else 0):
+        if not line.strip():
+            continue
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise BadInput(
+                f"{storage.redact(source)}: expected a JSON array or JSON lines; the first line is not a"
+                " JSON value (one object spread over several lines?)"
+            ) from None
+        return
 
 
 def read_split(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
@@ -341,21 +411,28 @@ class _Feed:
         return text
 
 
+def _csv_columns(f: IO[bytes], source: str, fmt: str, options: ConvertOptions) -> tuple[list[str], int]:
+    """The header (checked: the needed columns, no duplicate names) and the offset of the first data byte."""
+    header, data_start = _csv_header(f, source)
+    if fmt == "webvid":
+        needed = list(WEBVID_COLUMNS)
+    else:
+        needed = [c for c in (options.media_column, options.caption_column, options.id_column) if c]
+    missing = [c for c in needed if c not in header]
+    if missing:
+        raise BadInput(
+            f"{storage.redact(source)}, row 1: no column {missing[0]!r} in header {','.join(header)}"
+            " (a CSV file needs a header row naming its columns)"
+        )
+    if len(set(header)) != len(header):
+        raise BadInput(f"{storage.redact(source)}, row 1: duplicate column names in the header")
+    return header, data_start
+
+
 def _read_csv(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
     source = split.source
     with storage.open_read(source) as f:
-        header, data_start = _csv_header(f, source)
-        if fmt == "webvid":
-            needed = list(WEBVID_COLUMNS)
-        else:
-            needed = [c for c in (options.media_column, options.caption_column, options.id_column) if c]
-        missing = [c for c in needed if c not in header]
-        if missing:
-            raise BadInput(
-                f"{storage.redact(source)}, row 1: no column {missing[0]!r} in header {','.join(header)}"
-            )
-        if len(set(header)) != len(header):
-            raise BadInput(f"{storage.redact(source)}, row 1: duplicate column names in the header")
+        header, data_start = _csv_columns(f, source, fmt, options)
         size = f.seek(0, 2)
         start = _csv_boundary(f, data_start, split.start)
         end = size if split.end >= size else _csv_boundary(f, start, split.end)
@@ -409,15 +486,26 @@ def _read_csv(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
 # --- parquet ----------------------------------------------------------------------------------------------
 
 
-def _read_parquet(split: Split, options: ConvertOptions) -> Iterator[Row]:
+def _parquet_columns(f: IO[bytes], source: str, options: ConvertOptions) -> tuple[Any, list[str]]:
+    """The open Parquet file and the columns to read; BadInput if it is not Parquet or lacks one."""
     import pyarrow.parquet as pq
 
+    try:
+        pf = pq.ParquetFile(f)
+    except Exception as exc:
+        raise BadInput(f"{storage.redact(source)}: not a readable Parquet file ({exc})") from None
+    names = pf.schema_arrow.names
+    needed = [c for c in (options.media_column, options.caption_column, options.id_column) if c]
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise BadInput(f"{storage.redact(source)}: no column {missing[0]!r} (have {', '.join(names)})")
+    return pf, needed
+
+
+def _read_parquet(split: Split, options: ConvertOptions) -> Iterator[Row]:
     source = split.source
     with storage.open_read(source) as f:
-        try:
-            pf = pq.ParquetFile(f)
-        except Exception as exc:
-            raise BadInput(f"{storage.redact(source)}: not a readable Parquet file ({exc})") from None
+        pf, needed = _parquet_columns(f, source, options)
         meta = pf.metadata
         groups = []
         for g in range(meta.num_row_groups):
@@ -430,11 +518,6 @@ def _read_parquet(split: Split, options: ConvertOptions) -> Iterator[Row]:
                 first = min(first, col.dictionary_page_offset)
             if split.start <= first < split.end:
                 groups.append(g)
-        names = pf.schema_arrow.names
-        needed = [c for c in (options.media_column, options.caption_column, options.id_column) if c]
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise BadInput(f"{storage.redact(source)}: no column {missing[0]!r} (have {', '.join(names)})")
         n = 0
         if not groups:
             return

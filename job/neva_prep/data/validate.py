@@ -1,9 +1,11 @@
 """`data validate`: the record rules applied to an existing NeVA / VideoNeVA JSON, streamed.
 
 It reads the file with the same streaming reader as `data convert --from llava` and applies the same
-validator (`records.validate_record`), the same duplicate-id rule (first occurrence wins) and the same
-media check, so a file that validates is one `data convert` would have written. Nothing is retargeted:
-a record with the other media key or placeholder is invalid here.
+validator (`records.validate_record`), the same duplicate rule as the merge (a record with the media and
+conversations of an earlier one is a "duplicate record"; an id repeated with other content is a distinct
+sample, counted, not invalid) and the same media check, so a file that validates is one `data convert` would
+have written. Nothing is retargeted: a record with the other media key or placeholder is invalid here.
+A file without a single record is bad input, as it is for the merge.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import orjson
 from neva_prep import storage
 from neva_prep.data.media import MediaRoot
 from neva_prep.data.records import ConvertOptions, RecordError, media_paths, row_error, validate_record
-from neva_prep.data.shards import id_key
-from neva_prep.data.sources import expand_sources, read_split, splits_for_shard
+from neva_prep.data.shards import content_key, id_key
+from neva_prep.data.sources import check_split, expand_sources, read_split, splits_for_shard
 from neva_prep.data.stats import sorted_counts
+from neva_prep.errors import BadInput
 from neva_prep.progress import Reporter
 
 _PROGRESS_ROWS = 8192
@@ -35,6 +38,7 @@ class ValidateResult:
     invalid: int
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     report: str | None = None
+    repeated_ids: int = 0
 
     @property
     def ok(self) -> bool:
@@ -46,6 +50,11 @@ class ValidateResult:
             f"{storage.redact(self.path)}: {verdict}: {self.records} records, {self.valid} valid,"
             f" {self.invalid} invalid"
         )
+        if self.repeated_ids:
+            line += (
+                f"\n  repeated ids: {self.repeated_ids} valid records share their id with an earlier one"
+                " (distinct content: allowed)"
+            )
         if self.invalid_by_reason:
             line += "\n  invalid: " + ", ".join(f"{r}: {n}" for r, n in self.invalid_by_reason.items())
         if self.report and not self.ok:
@@ -61,8 +70,12 @@ def validate_file(
     options = ConvertOptions(source_format="llava", media=media)
     sources = expand_sources(path)
     splits = splits_for_shard(sources, "llava", 1, 0)
+    for split in splits:
+        check_split(split, "llava", options)
     root = MediaRoot(media_root) if media_root else None
-    seen: set[bytes] = set()
+    seen: set[bytes] = set()  # duplicate keys (media + conversations) of the valid records
+    ids: set[bytes] = set()
+    repeated = 0
     reasons: Counter[str] = Counter()
     records = valid = 0
     to_stdout = report in (None, "-")
@@ -80,15 +93,19 @@ def validate_file(
                     if row.error is not None:
                         raise row_error(row)
                     validate_record(row.value, media)
-                    h = id_key(row.value["id"])
-                    if h in seen:
+                    key = content_key(row.value, media)
+                    if key in seen:
                         raise RecordError(
-                            "duplicate id",
-                            f"id {row.value['id']!r} already used by an earlier record (the first is kept)",
+                            "duplicate record",
+                            "the same media and conversations as an earlier record (the first is kept)",
                         )
-                    seen.add(h)
                     if root is not None:
                         root.check(media_paths(row.value, media), media)
+                    seen.add(key)
+                    rid = id_key(row.value["id"])
+                    if rid in ids:
+                        repeated += 1
+                    ids.add(rid)
                     valid += 1
                 except RecordError as exc:
                     reasons[exc.reason] += 1
@@ -102,6 +119,8 @@ def validate_file(
                     out.write(orjson.dumps(line) + b"\n")
                 if records % _PROGRESS_ROWS == 0:
                     progress.advance(_PROGRESS_ROWS)
+        if records == 0:  # raised inside the report's writer, so that no report is left behind
+            raise BadInput(f"{storage.redact(path)}: no records (an empty file or an empty array)")
         out.flush()
     return ValidateResult(
         path=path,
@@ -110,4 +129,5 @@ def validate_file(
         invalid=records - valid,
         invalid_by_reason=sorted_counts(reasons),
         report=None if to_stdout else report,
+        repeated_ids=repeated,
     )
