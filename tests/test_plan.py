@@ -3,6 +3,8 @@ argv mapping every launcher uses says exactly what the step CLIs accept."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,16 @@ import yaml
 from conftest import neva
 from neva_prep.errors import BadInput
 from neva_prep.launch.plan import (
+    check_for,
     dataset_output,
+    describe,
     example_plan,
     load_plan,
     merge_argv,
     model_argv,
     parse_plan,
     shard_argv,
+    wait_argv,
 )
 
 
@@ -65,10 +70,29 @@ def test_commented_examples_of_plan_init_are_valid_too() -> None:
     assert "--prompts image_brief" in " ".join(shard_argv(plan, cc3m))
 
 
+def test_the_commented_volumes_of_plan_init_are_valid_too() -> None:
+    lines = example_plan().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  # volumes:"))
+    end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith("  #   "))
+    block = ["  volumes:", *("  " + line[len("  # ") :] for line in lines[start + 1 : end])]
+    kept = [line for line in lines[:start] if not line.startswith("  volumes: []")]
+    plan = parse_plan(yaml.safe_load("\n".join([*kept, *block, *lines[end:]])), "p.yaml")
+    kinds = [
+        (v.name, v.persistent_volume_claim, v.nfs is not None, v.host_path) for v in plan.kubernetes.volumes
+    ]
+    assert kinds == [
+        ("data", "neva-prep-data", False, None),
+        ("datasets", None, True, None),
+        ("node-models", None, False, "/mnt/models"),
+    ]
+
+
 def test_defaults_and_argv_mapping() -> None:
     plan = parse_plan(_minimal(), "p.yaml")
     assert plan.name == "neva-prep" and plan.image == "neva-prep:latest"
-    assert plan.kubernetes.namespace == "default" and plan.slurm.time == "04:00:00"
+    assert plan.data_image is None and plan.shards_image == "neva-prep:latest"
+    assert plan.kubernetes.namespace is None and plan.slurm.time == "04:00:00"
+    assert plan.kubernetes.volumes == () and plan.kubernetes.wait_timeout_seconds == 86400
     ds = plan.datasets[0]
     assert ds.from_ == "webvid" and ds.parallelism is None and ds.max_parallel == 4
     assert model_argv(plan) == [
@@ -82,6 +106,10 @@ def test_defaults_and_argv_mapping() -> None:
     ]  # fmt: skip
     assert merge_argv(plan, ds) == [
         "neva-prep", "data", "merge", "s3://b/out/datasets/web", "--name", "web", "--num-shards", "4",
+    ]  # fmt: skip
+    assert shard_argv(plan, ds, record_failure=True)[-1] == "--record-failure"
+    assert wait_argv(plan, ds) == [
+        "neva-prep", "data", "wait", "s3://b/out/datasets/web", "--num-shards", "4", "--timeout", "86400",
     ]  # fmt: skip
 
 
@@ -114,11 +142,88 @@ def test_every_option_reaches_the_command_line() -> None:
     ]  # fmt: skip
 
 
+def test_volumes_of_every_kind_and_the_data_image() -> None:
+    data = _minimal()
+    data["data_image"] = "neva-prep-data:1"
+    data["kubernetes"] = {
+        "namespace": "ml-data",
+        "volumes": [
+            {"name": "data", "mount_path": "/data", "persistent_volume_claim": "neva-data"},
+            {
+                "name": "sets",
+                "mount_path": "/datasets",
+                "nfs": {"server": "nfs.example.com", "path": "/exports/sets"},
+                "read_only": True,
+            },
+            {"name": "models", "mount_path": "/models", "host_path": "/mnt/models"},
+        ],
+    }
+    plan = parse_plan(data, "p.yaml")
+    assert plan.shards_image == "neva-prep-data:1" and plan.image == "neva-prep:latest"
+    assert plan.kubernetes.namespace == "ml-data"
+    pvc, nfs, host = plan.kubernetes.volumes
+    assert (pvc.persistent_volume_claim, pvc.read_only) == ("neva-data", False)
+    assert nfs.nfs is not None and (nfs.nfs.server, nfs.nfs.path, nfs.read_only) == (
+        "nfs.example.com",
+        "/exports/sets",
+        True,
+    )
+    assert host.host_path == "/mnt/models"
+    assert pvc.holds("/data") and pvc.holds("/data/x/y") and not pvc.holds("/database")
+    text = describe(plan)
+    assert "data image neva-prep-data:1" in text.splitlines()[0]
+    assert "kubernetes volume sets: NFS nfs.example.com:/exports/sets (read-only) at /datasets" in text
+
+
+def test_check_for_kubernetes_only(tmp_path: Path) -> None:
+    """Local paths on a volume pass `--for k8s`; the k8s description shows what the pods run."""
+    data = _minimal()
+    data["output"] = "/data/out"
+    data["datasets"][0]["source"] = "/datasets/w/*.csv"
+    data["kubernetes"] = {
+        "volumes": [
+            {"name": "data", "mount_path": "/data", "persistent_volume_claim": "neva-data"},
+            {"name": "sets", "mount_path": "/datasets", "host_path": "/mnt/sets", "read_only": True},
+        ]
+    }
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    r = neva("plan", "check", str(path), "--for", "k8s")
+    assert r.returncode == 0, r.stderr
+    plan = load_plan(str(path))
+    ds = plan.datasets[0]
+    assert f"neva-prep-web (x4): {shlex.join(shard_argv(plan, ds, record_failure=True))}" in r.stdout
+    assert f"neva-prep-web-merge (init): {shlex.join(wait_argv(plan, ds))}" in r.stdout
+    assert "--record-failure" not in neva("plan", "check", str(path)).stdout  # what every launcher runs
+
+    data["kubernetes"]["volumes"].pop()  # the source is on no volume now
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(
+        BadInput, match=re.escape("field 'datasets[0].source': local path /datasets/w/*.csv is on no")
+    ):
+        check_for(load_plan(str(path)), "k8s")
+    for target in ("local", "slurm"):
+        check_for(load_plan(str(path)), target)
+    r = neva("plan", "check", str(path), "--for", "kubernetes")
+    assert r.returncode == 2 and "--for" in r.stderr
+
+
 def test_precision_written_as_a_number_is_accepted() -> None:
     data = _minimal()
     data["model"]["precision"] = 32
     plan = parse_plan(data, "p.yaml")
     assert plan.model is not None and plan.model.precision == "32"
+
+
+def _volume(data: dict[str, Any], _twice: dict[str, Any] | None = None, **changes: Any) -> None:
+    """Give the plan one PVC volume at /data, with `changes` (None removes a key); `_twice`: and a second
+    volume like it, with those changes."""
+    volume = {"name": "data", "mount_path": "/data", "persistent_volume_claim": "claim"}
+    volume |= changes
+    volumes = [{k: v for k, v in volume.items() if v is not None}]
+    if _twice is not None:
+        volumes.append({**volumes[0], **_twice})
+    data.setdefault("kubernetes", {})["volumes"] = volumes
 
 
 @pytest.mark.parametrize(
@@ -149,6 +254,35 @@ def test_precision_written_as_a_number_is_accepted() -> None:
         (lambda d: d.update(slurm={"extra_sbatch": "#SBATCH -q x"}), "expected a list of strings"),
         (lambda d: d.update(name="Neva Prep"), "field 'name'"),
         (lambda d: (d.pop("model"), d.update(datasets=[])), "nothing to do"),
+        (lambda d: d.update(kubernetes={"namespace": "ML"}), "field 'kubernetes.namespace'"),
+        (lambda d: d.update(kubernetes={"volumes": {}}), "field 'kubernetes.volumes': expected a list"),
+        (lambda d: _volume(d, mount_path=None), "field 'kubernetes.volumes[0].mount_path': missing"),
+        (lambda d: _volume(d, mount_path="data"), "volumes[0].mount_path': 'data' must be an absolute"),
+        (lambda d: _volume(d, mount_path="/data/"), "must be an absolute, normalised path"),
+        (lambda d: _volume(d, mount_path="/"), "must be an absolute, normalised path other than /"),
+        (lambda d: _volume(d, mount_path="/tmp"), "volumes[0].mount_path': /tmp overlaps /tmp"),
+        (lambda d: _volume(d, mount_path="/tmp/x"), "/tmp/x overlaps /tmp"),
+        (lambda d: _volume(d, host_path="/mnt"), "volumes[0]': give exactly one of persistent_volume_claim"),
+        (lambda d: _volume(d, persistent_volume_claim=None), "give exactly one of"),
+        (lambda d: _volume(d, persistent_volume_claim="My_Claim"), "'My_Claim' is not a PVC name"),
+        (lambda d: _volume(d, name="scratch"), "volumes[0].name': 'scratch' must be a DNS-1123 label other"),
+        (lambda d: _volume(d, read_only="yes"), "volumes[0].read_only': expected true or false"),
+        (lambda d: _volume(d, claim="c"), "volumes[0].claim': unknown key"),
+        (
+            lambda d: _volume(d, persistent_volume_claim=None, nfs={"server": "nfs"}),
+            "volumes[0].nfs.path': missing",
+        ),
+        (
+            lambda d: _volume(d, persistent_volume_claim=None, nfs={"server": "n", "path": "exports"}),
+            "volumes[0].nfs.path': 'exports' must be an absolute",
+        ),
+        (
+            lambda d: _volume(d, _twice={"mount_path": "/data/sub"}),
+            "volumes[1].mount_path': /data/sub overlaps",
+        ),
+        (lambda d: _volume(d, _twice={"mount_path": "/other"}), "volumes[1].name': duplicate volume name"),
+        (lambda d: d.update(kubernetes={"wait_timeout_seconds": -1}), "wait_timeout_seconds': must be >= 0"),
+        (lambda d: d.update(data_image=""), "field 'data_image': must not be empty"),
         (
             lambda d: d["datasets"][0].update(prompts="llava-brief"),
             "field 'datasets[0].prompts': no such built-in prompt list 'llava-brief' (have: image_brief,",
