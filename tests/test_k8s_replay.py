@@ -148,7 +148,10 @@ def test_replayed_pods_write_what_launch_local_writes(tmp_path: Path) -> None:
         assert (k8s_out / rel).read_bytes() == (local_out / rel).read_bytes(), rel
     for ds in ("webvid", "llava"):  # rejects name their source file: as the pod saw it
         rejects = (k8s_out / f"datasets/{ds}/rejects.jsonl").read_text()
-        assert rejects.replace(f'"{MOUNT}/', f'"{pvc}/') == (local_out / f"datasets/{ds}/rejects.jsonl").read_text()
+        assert (
+            rejects.replace(f'"{MOUNT}/', f'"{pvc}/')
+            == (local_out / f"datasets/{ds}/rejects.jsonl").read_text()
+        )
         assert rejects.count("\n") == 1
     # nothing was written outside the volume but the pods' scratch folders
     assert all(not any(p.iterdir()) for p in scratch.glob("workdir-*"))

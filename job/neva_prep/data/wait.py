@@ -29,7 +29,9 @@ from neva_prep.data.records import ConvertOptions
 from neva_prep.errors import BadInput, StepFailed
 
 FAILED_SUFFIX = ".FAILED"
-_STATE = re.compile(rf"(?:^|/)(\d{{5,}})-of-(\d{{5,}})(/{re.escape(shards.DONE)}|{re.escape(FAILED_SUFFIX)})$")
+_STATE = re.compile(
+    rf"(?:^|/)(\d{{5,}})-of-(\d{{5,}})(/{re.escape(shards.DONE)}|{re.escape(FAILED_SUFFIX)})$"
+)
 
 
 def failure_record(destination: str, shard_index: int, num_shards: int) -> str:
