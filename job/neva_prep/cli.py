@@ -48,6 +48,8 @@ launch_app = typer.Typer(help="Run a plan on Kubernetes, Slurm or this machine."
 app.add_typer(checkpoint_app, name="checkpoint")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(data_app, name="data")
+export_app = typer.Typer(help="Write a merged dataset in another training format.", **_PLAIN)  # type: ignore[arg-type]
+data_app.add_typer(export_app, name="export")
 app.add_typer(plan_app, name="plan")
 app.add_typer(launch_app, name="launch")
 
@@ -373,6 +375,51 @@ def data_check(
     say(result.summary())
     if isinstance(result, CheckResult) and result.exit_code:
         raise typer.Exit(result.exit_code)
+
+
+@export_app.command("energon")
+def data_export_energon(
+    dst: str = typer.Argument(..., metavar="DST", help="A merged dataset folder (DST/NAME.json) or URL."),
+    name: str = typer.Option(..., "--name", help="Dataset name: reads DST/NAME.json."),
+    media_root: str = typer.Option(
+        ..., "--media-root", help="Folder / URL the records' media paths are under."
+    ),
+    samples_per_shard: int = typer.Option(
+        10_000, "--samples-per-shard", help="At most this many samples a tar."
+    ),
+    split: str | None = typer.Option(
+        None, "--split", help="Split weights by sample key, e.g. train=98,val=2 (default: all train)."
+    ),
+    num_shards: int = typer.Option(1, "--num-shards", help="Number of export shards (parallel tasks)."),
+    shard_index: int | None = typer.Option(
+        None,
+        "--shard-index",
+        help="This shard (0-based). Default: $JOB_COMPLETION_INDEX, then $SLURM_ARRAY_TASK_ID, else 0.",
+    ),
+    finalize: bool = typer.Option(
+        False, "--finalize", help="After all shards: rejects, stats and .nv-meta/ with Energon's index."
+    ),
+    force: bool = typer.Option(False, "--force", help="Redo the shard even if it finished before."),
+) -> None:
+    """Write DST/NAME.json as a Megatron-Energon WebDataset under DST/energon/ (NeMo 2, Megatron-Bridge):
+    run every shard, then once with --finalize (same options)."""
+    from neva_prep.data.convert import shard_index_from_env
+    from neva_prep.data.writers import energon
+
+    options = energon.ExportOptions(
+        name=name,
+        media_root=media_root,
+        samples_per_shard=samples_per_shard,
+        split=run(energon.parse_split, split),
+    )
+    if finalize:
+        say(run(energon.finalize_export, dst, options=options, num_shards=num_shards).summary())
+        return
+    index = shard_index if shard_index is not None else run(shard_index_from_env)
+    result = run(
+        energon.export_shard, dst, options=options, num_shards=num_shards, shard_index=index, force=force
+    )
+    say(result.summary())
 
 
 # --- launchers: plan / launch -----------------------------------------------------------------------------
