@@ -252,9 +252,8 @@ def test_bad_input_shard_on_local_holds_back_its_merge(sample: Path, tmp_path: P
 
 def test_debug_runs_the_plan_in_this_process(sample: Path, reference: Path, tmp_path: Path) -> None:
     plan = write_plan(sample, tmp_path, model=False, datasets=[dataset(sample, "llava")])
-    done = neva(
-        "launch", "submitit", str(plan), "--folder", str(tmp_path / "f"), "--cluster", "debug", "--wait"
-    )
+    folder = str(tmp_path / "submitit")
+    done = neva("launch", "submitit", str(plan), "--folder", folder, "--cluster", "debug")  # no --wait
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(ends(done.stdout)) == ["llava 1/2", "llava 2/2", "llava merge"]
     want = {k: v for k, v in outputs(reference).items() if "llava" in k}

@@ -413,7 +413,7 @@ def launch_submitit(
             result.ends = _follow_slurm(result.steps, report)
         return result
     result.steps, result.ends, result.skipped = _submit_in_order(plan, folder, cluster, python, report, poll)
-    if wait:
+    if wait or cluster == "debug":  # a debug job runs only when someone waits for it
         ended = {id(e.step) for e in result.ends}
         result.ends += _follow([s for s in result.steps if id(s) not in ended], report, poll)
     return result
