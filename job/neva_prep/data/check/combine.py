@@ -160,7 +160,6 @@ def combine(
         "tokens": _percentiles(known),
         "turns": {str(k): v for k, v in sorted(Counter(turns).items())},
         "answer_chars": _percentiles(np.asarray(answers, dtype=np.int64)),
-        "num_shards": num_shards,
     }
     write_report(report, summary, known, np.asarray(turns), np.asarray(answers), worst, findings[:200])
     kept = 0
