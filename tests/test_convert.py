@@ -370,7 +370,7 @@ BAD = [
     ("no-tokenizer", lambda s: (s / "tokenizer.model").unlink(), "tokenizer.model: missing"),
     ("tokenizer-size", _wrong_tokenizer, "tokenizer.model: 320 pieces but config.json vocab_size is 384"),
     ("shape", _wrong_shape, "has shape [172, 64], config.json implies [180, 64]"),
-    ("pickle", _pickled_bin, "pytorch_model.bin: cannot be loaded with weights_only=True"),
+    ("pickle", _pickled_bin, "pytorch_model.bin: holds Python objects other than tensors (a pickled path"),
 ]
 
 

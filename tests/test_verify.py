@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import neva
-from neva_prep.errors import BadInput, StepFailed
+from neva_prep.errors import BadInput, CheckFailed
 from neva_prep.model.convert import convert_checkpoint
 from neva_prep.model.verify import verify_checkpoint
 from neva_prep.sample import TinyLlama, write_llama
@@ -47,7 +47,7 @@ def test_verify_names_the_first_difference(converted: tuple[Path, Path], tmp_pat
     bad = tmp_path / "bad.nemo"
     _tamper(dst, "./model_weights/model.decoder.layers.self_attention.linear_qkv.weight/1.0.0", bad)
     with pytest.raises(
-        StepFailed, match=r"model\.decoder\.layers\.1\.self_attention\.linear_qkv\.weight: differs"
+        CheckFailed, match=r"model\.decoder\.layers\.1\.self_attention\.linear_qkv\.weight: differs"
     ):
         verify_checkpoint(str(src), str(bad), logits=False)
 
@@ -55,7 +55,7 @@ def test_verify_names_the_first_difference(converted: tuple[Path, Path], tmp_pat
 def test_verify_against_another_source_fails(converted: tuple[Path, Path], tmp_path: Path) -> None:
     src, dst = converted
     other = write_llama(tmp_path / "other", GQA, dtype=torch.float32, seed=7)
-    with pytest.raises(StepFailed, match="differs"):
+    with pytest.raises(CheckFailed, match="differs"):
         verify_checkpoint(str(other), str(dst), logits=False)
     not_nemo = tmp_path / "x.nemo"
     not_nemo.write_bytes(b"not a tar" * 100)

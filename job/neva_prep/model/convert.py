@@ -2,13 +2,16 @@
 
 Everything about the source is checked before the destination is opened; the tar is then written straight
 to `storage.atomic_write(destination)` (no local temporary copy for object storage), so a failure at any
-point leaves nothing at the destination. Memory stays near one slice (64 MiB) or one fused QKV weight.
+point leaves nothing at the destination. Every byte written is hashed (the sha256 the model step records)
+and every weight checked for NaN/Inf on the way (`finite.py`, `digest.py`). Memory stays near one slice
+(64 MiB) or one fused QKV weight.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 import threading
 import time
 import uuid
@@ -20,7 +23,8 @@ import torch
 from neva_prep import storage
 from neva_prep.errors import BadInput
 from neva_prep.model import config as nemo_config
-from neva_prep.model import hf, mapping, nemo_format
+from neva_prep.model import finite, hf, mapping, nemo_format
+from neva_prep.model.digest import StreamDigest
 from neva_prep.model.nemo_format import Member, Part, TarStream, tensor_data
 from neva_prep.progress import Reporter
 
@@ -38,13 +42,15 @@ class ConvertResult:
     bytes_written: int
     seconds: float
     tokenizer_member: str  # the ./<hex>_tokenizer.model member name
+    sha256: str  # of the whole .nemo, computed while writing it
 
     def summary(self) -> str:
         gib = self.bytes_written / 2**30
         return (
             f"wrote {storage.redact(self.destination)} ({self.layout} layout, precision {self.precision}): "
             f"{self.tensors} tensors, {gib:.2f} GiB in {self.seconds:.1f}s\n"
-            f"tokenizer member: {self.tokenizer_member}"
+            f"tokenizer member: {self.tokenizer_member}\n"
+            f"sha256: {self.sha256}"
         )
 
 
@@ -140,6 +146,30 @@ class _Producer:
             return t.to(self.device).to(self.dtype).cpu()
         return t.to(self.dtype)
 
+    def _checked(self, name: str, src: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """`src` (rows start… of `name`) cast to the output dtype; bad input if any value is NaN or ±Inf."""
+        out = self._cast(src)
+        bad = finite.first_bad(out)
+        if bad is None:
+            return out
+        ref = self.ckpt.refs[name]
+        flat = start * math.prod(ref.shape[1:]) + bad
+        value = float(src.reshape(-1)[bad])
+        where = storage.redact(ref.file)
+        if math.isfinite(value):
+            raise BadInput(finite.overflow(where, name, ref.shape, flat, value, self.dtype))
+        raise BadInput(finite.non_finite(where, name, ref.shape, flat, value))
+
+    def inspect_range(self, r: hf.FileRange, pos: int, data: memoryview) -> None:
+        """The NaN/Inf check of bytes copied unchanged (`data` is `r`'s bytes from `pos`, read back)."""
+        ref = self.ckpt.refs[r.name]
+        values = torch.frombuffer(data, dtype=ref.dtype)
+        bad = finite.first_bad(values)
+        if bad is not None:
+            flat = (r.offset + pos - ref.offset) // ref.dtype.itemsize + bad
+            where = storage.redact(ref.file)
+            raise BadInput(finite.non_finite(where, r.name, ref.shape, flat, float(values[bad])))
+
     def source_ranges(self, part: Part) -> list[hf.FileRange]:
         """The local file ranges `part` reads (empty for `.bin` or remote sources): what to read ahead."""
         found = (self.ckpt.local_range(name) for name in part.sources)
@@ -155,7 +185,7 @@ class _Producer:
                 if all(r is not None for r in ranges):
                     yield from (r for r in ranges if r is not None)
                     return
-            q, k, v = (self._cast(self.ckpt.read(n)) for n in part.sources)
+            q, k, v = (self._checked(n, self.ckpt.read(n)) for n in part.sources)
             for i, start, stop in blocks:
                 yield tensor_data((q, k, v)[i][start:stop])
             return
@@ -166,10 +196,10 @@ class _Producer:
                 yield whole
                 continue
             if len(ref.shape) < 2:
-                yield tensor_data(self._cast(self.ckpt.read(name)))
+                yield tensor_data(self._checked(name, self.ckpt.read(name)))
                 continue
             for start, stop in hf.iter_rows(ref.shape[0], ref.row_bytes, SLICE_BYTES):
-                yield tensor_data(self._cast(self.ckpt.read_rows(name, start, stop)))
+                yield tensor_data(self._checked(name, self.ckpt.read_rows(name, start, stop), start))
 
 
 def convert_checkpoint(
@@ -205,8 +235,9 @@ def convert_checkpoint(
             Reporter(f"convert {storage.redact(source)}", total) as progress,
             storage.atomic_write(destination) as f,
             produce.readahead,
+            StreamDigest(produce.inspect_range) as digest,
         ):
-            tar = TarStream(f)
+            tar = TarStream(f, digest)
             for m in members:
                 tar.header(m)
                 if m.is_dir:
@@ -224,8 +255,10 @@ def convert_checkpoint(
                     raise RuntimeError(f"{m.name}: wrote {tar.pos - before} bytes, planned {m.size}")
                 tar.end_member(m.size)
                 progress.advance(m.size, items=1 if m.parts else 0, what="tensors")
+                digest.check()
             tar.close()
             written = tar.pos
+            sha256 = digest.hexdigest()  # waits for the NaN/Inf check of the last bytes: before the commit
     return ConvertResult(
         destination=destination,
         layout=layout,
@@ -234,4 +267,5 @@ def convert_checkpoint(
         bytes_written=written,
         seconds=time.monotonic() - start,
         tokenizer_member=tok_member,
+        sha256=sha256,
     )

@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import re
 import struct
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
 }
 _MAX_HEADER = 100 * 2**20
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class LlamaConfig:
     rope_theta: float
     initializer_range: float
     rope_scaling_factor: float | None = None
+    dtype: str | None = None  # `torch_dtype` (transformers 4) or `dtype` (5): informational only
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -93,6 +96,94 @@ def _config_int(cfg: dict[str, Any], key: str, url: str) -> int:
     return value
 
 
+# RoPE types NeMo's LLaMA can express: plain RoPE (`rotary_base`) and linear position interpolation
+# (`seq_len_interpolation_factor`). dynamic, llama3, yarn, longrope… would convert to a different model.
+ROPE_TYPES = ("default", "linear")
+DEFAULT_ROPE_THETA = 10000.0
+
+
+@dataclass(frozen=True)
+class _Rope:
+    theta: float | None
+    kind: str
+    factor: float | None
+
+
+def _one_spelling(cfg: dict[str, Any], where: str, *keys: str) -> Any:
+    """The value of a setting that has several spellings; refuse a config whose spellings disagree."""
+    found = {k: cfg[k] for k in keys if cfg.get(k) is not None}
+    if len({json.dumps(v, sort_keys=True) for v in found.values()}) > 1:
+        both = " and ".join(f"{k}={v!r}" for k, v in found.items())
+        raise BadInput(f"{where}: {both} disagree; remove the stale one")
+    return next(iter(found.values()), None)
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
+def _rope_spec(spec: dict[str, Any], theta: Any, where: str, key: str) -> _Rope:
+    """One spelling's RoPE: type (`rope_type`, or `type` before transformers 4.45), factor, base."""
+    kind = _one_spelling(spec, f"{where}: {key}", "rope_type", "type") or "default"
+    if kind not in ROPE_TYPES:
+        raise BadInput(
+            f"{where}: {key} type {kind!r} is not supported; NeMo's LLaMA has only default and linear "
+            "RoPE scaling (converting would silently change the model)"
+        )
+    if spec.get("partial_rotary_factor") not in (None, 1, 1.0):
+        raise BadInput(f"{where}: {key}.partial_rotary_factor is not supported by NeMo's LLaMA")
+    if theta is not None and not _positive(theta):
+        raise BadInput(f"{where}: rope_theta must be a positive number, got {theta!r}")
+    factor: Any = spec.get("factor")
+    if kind == "default":
+        return _Rope(None if theta is None else float(theta), kind, None)
+    if not _positive(factor):
+        raise BadInput(f"{where}: {key}.factor must be a positive number, got {factor!r}")
+    return _Rope(None if theta is None else float(theta), kind, float(factor))
+
+
+def read_rope(cfg: dict[str, Any], where: str) -> tuple[float, float | None]:
+    """(rope_theta, linear factor or None) from either spelling of `config.json`.
+
+    transformers <5 writes top-level `rope_theta` and `rope_scaling` ({type|rope_type, factor}); transformers
+    5 writes `rope_parameters` ({rope_theta, rope_type, factor}). When both are present they must agree:
+    transformers 5 itself prefers the old keys, older versions see only them, so a disagreement means the
+    model depends on which transformers reads it.
+    """
+    scaling = cfg.get("rope_scaling")
+    if scaling is not None and not isinstance(scaling, dict):
+        raise BadInput(f"{where}: rope_scaling must be an object or null, got {scaling!r}")
+    old = None
+    if cfg.get("rope_theta") is not None or scaling is not None:
+        old = _rope_spec(scaling or {}, cfg.get("rope_theta"), where, "rope_scaling")
+    params = cfg.get("rope_parameters")
+    new = None
+    if params is not None:
+        if not isinstance(params, dict):
+            raise BadInput(f"{where}: rope_parameters must be an object, got {params!r}")
+        if params and all(isinstance(v, dict) for v in params.values()):
+            raise BadInput(
+                f"{where}: rope_parameters per attention type ({', '.join(params)}) is not a LLaMA-2 layout"
+            )
+        new = _rope_spec(params, params.get("rope_theta"), where, "rope_parameters")
+    if old is not None and new is not None:
+        pairs: list[tuple[str, object, object]] = []
+        if None not in (old.theta, new.theta):
+            pairs.append(("rope_theta", old.theta, new.theta))
+        if scaling is not None:  # `rope_scaling: null` is how transformers 4 writes "not given"
+            pairs += [("type", old.kind, new.kind), ("factor", old.factor, new.factor)]
+        clash = [f"{name} {a!r} vs {b!r}" for name, a, b in pairs if a != b]
+        if clash:
+            raise BadInput(
+                f"{where}: rope_theta/rope_scaling and rope_parameters disagree ({'; '.join(clash)}); "
+                "transformers versions would build different models from it: keep one spelling"
+            )
+    chosen = [r for r in (old, new) if r is not None]
+    theta = next((r.theta for r in chosen if r.theta is not None), DEFAULT_ROPE_THETA)
+    linear = [r for r in chosen if r.kind == "linear"]
+    return theta, linear[0].factor if linear else None
+
+
 def read_hf_config(source: str) -> LlamaConfig:
     """Parse and check `SRC/config.json`: a LLaMA causal LM whose RoPE scaling NeMo can express."""
     url = storage.join(source, "config.json")
@@ -119,18 +210,8 @@ def read_hf_config(source: str) -> LlamaConfig:
         raise BadInput(f"{where}: attention/MLP biases are not supported by NeMo's LLaMA layout")
     if cfg.get("hidden_act", "silu") != "silu":
         raise BadInput(f"{where}: hidden_act={cfg.get('hidden_act')!r}; NeMo's LLaMA uses silu (SwiGLU)")
-    factor: float | None = None
-    scaling = cfg.get("rope_scaling")
-    if scaling is not None:
-        kind = scaling.get("type", scaling.get("rope_type")) if isinstance(scaling, dict) else None
-        if kind != "linear":
-            raise BadInput(
-                f"{where}: rope_scaling type {kind!r} is not supported; NeMo's LLaMA only has linear scaling"
-            )
-        factor = scaling.get("factor")
-        if not isinstance(factor, (int, float)) or factor <= 0:
-            raise BadInput(f"{where}: rope_scaling.factor must be a positive number, got {factor!r}")
-        factor = float(factor)
+    theta, factor = read_rope(cfg, where)
+    dtype = _one_spelling(cfg, where, "torch_dtype", "dtype")
     heads = _config_int(cfg, "num_attention_heads", where)
     kv_heads = cfg.get("num_key_value_heads") or heads
     hidden = _config_int(cfg, "hidden_size", where)
@@ -150,9 +231,10 @@ def read_hf_config(source: str) -> LlamaConfig:
         vocab_size=_config_int(cfg, "vocab_size", where),
         max_position_embeddings=_config_int(cfg, "max_position_embeddings", where),
         rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta") or 10000.0),
+        rope_theta=theta,
         initializer_range=float(cfg.get("initializer_range", 0.02)),
         rope_scaling_factor=factor,
+        dtype=dtype if isinstance(dtype, str) else None,
         raw=cfg,
     )
 
@@ -322,9 +404,10 @@ class HFCheckpoint:
                 import io
 
                 sd = torch.load(io.BytesIO(storage.read_bytes(url)), map_location="cpu", weights_only=True)
-        except pickle_errors() as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise BadInput(f"{where}: cannot be loaded with weights_only=True ({first[:200]})") from None
+        except pickle.UnpicklingError as exc:
+            raise BadInput(refusal(where, exc)) from None
+        except pickle_errors():
+            raise BadInput(f"{where}: not a readable PyTorch checkpoint (truncated or corrupt?)") from None
         if not isinstance(sd, dict):
             raise BadInput(f"{where}: expected a state dict, got {type(sd).__name__}")
         self._bin[url] = sd
@@ -416,6 +499,18 @@ class HFCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def refusal(where: str, exc: BaseException) -> str:
+    """Why a `.bin` shard is refused and what to do, in our words: torch's own text suggests turning the
+    check off (`weights_only=False`), which would let the file run code on this machine."""
+    found = _GLOBAL.search(str(exc))
+    what = f" (a pickled {found.group(1)})" if found else ""
+    return (
+        f"{where}: holds Python objects other than tensors{what}; neva-prep does not load those, because "
+        "unpickling them can run code. Use the repository's *.safetensors files if it has them, or convert "
+        "this file to safetensors with a tool you trust"
+    )
 
 
 def pickle_errors() -> tuple[type[BaseException], ...]:

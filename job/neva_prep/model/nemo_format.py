@@ -34,6 +34,7 @@ import torch
 from neva_prep import tarball
 from neva_prep.errors import StepFailed
 from neva_prep.model import mapping
+from neva_prep.model.digest import StreamDigest
 from neva_prep.model.hf import FileRange
 
 ZARR_DTYPES = {torch.float16: "<f2", torch.float32: "<f4", torch.bfloat16: "bfloat16"}
@@ -253,14 +254,16 @@ class TarStream:
     """Write an uncompressed tar to a forward-only stream, member data streamed after its header.
 
     Tensor data that needs no conversion may come as a `FileRange` of a local source: into a local file it
-    is copied by the kernel (`copy_file_range`, what `cp` does), never passing through our memory.
+    is copied by the kernel (`copy_file_range`, what `cp` does), never passing through our memory; the
+    `digest` reads those bytes back from the page cache to hash and check them.
     """
 
     _BUFFER = 16 * 2**20
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], digest: StreamDigest | None = None) -> None:
         self.f = f
         self.pos = 0
+        self.digest = digest  # sees every write, in order (the sha256 of the file, NaN checks)
         try:
             self._fd: int | None = f.fileno()
         except (AttributeError, OSError, io.UnsupportedOperation):
@@ -272,6 +275,8 @@ class TarStream:
             self._copy_range(data)
         else:
             self.f.write(data)
+        if self.digest is not None:
+            self.digest.add(data)
         self.pos += len(data)
 
     def _copy_range(self, r: FileRange) -> None:

@@ -17,6 +17,7 @@ import json
 import os
 import posixpath
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,7 +26,6 @@ from typing import Any
 from neva_prep import __version__, storage
 from neva_prep.errors import BadInput
 from neva_prep.model.tokenizer import DEFAULT_TOKENS, check_tokens, patch_tokenizer_bytes
-from neva_prep.progress import Reporter
 
 MANIFEST = "model-manifest.json"
 TOKENIZER = posixpath.join("tokenizers", "tokenizer_neva.model")
@@ -47,18 +47,20 @@ class ModelResult:
     nemo_sha256: str
     token_ids: tuple[int, ...]
     seconds: float = 0.0
+    replaced: str = ""  # what this run replaced in OUT, and why ("" when OUT held no result)
 
     def summary(self) -> str:
         ids = "token ids " + ", ".join(map(str, self.token_ids))
         head = "already complete" if self.skipped else f"done in {self.seconds:.1f}s"
-        return "\n".join(
-            [
-                f"model step {head}: {storage.redact(self.manifest)}",
-                f"  checkpoint: {storage.redact(self.nemo)} ({self.nemo_bytes} bytes)",
-                f"  sha256:     {self.nemo_sha256}",
-                f"  tokenizer:  {storage.redact(self.tokenizer)} ({ids})",
-            ]
-        )
+        lines = [
+            f"model step {head}: {storage.redact(self.manifest)}",
+            f"  checkpoint: {storage.redact(self.nemo)} ({self.nemo_bytes} bytes)",
+            f"  sha256:     {self.nemo_sha256}",
+            f"  tokenizer:  {storage.redact(self.tokenizer)} ({ids})",
+        ]
+        if self.replaced:
+            lines.append(f"  replaced:   {self.replaced}")
+        return "\n".join(lines)
 
 
 def default_name(source: str) -> str:
@@ -93,6 +95,71 @@ def fingerprint(source: str) -> dict[str, dict[str, Any]]:
             entry["mtime"] = float(info["mtime"])
         inputs[name] = entry
     return inputs
+
+
+# manifest option -> the command-line option a user changes
+_FLAGS = {"name": "--name", "precision": "--precision", "layout": "--layout", "tokens": "--token"}
+
+
+def _option_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`--option old -> new` for every option the recorded result was made with differently."""
+    return [
+        f"{_FLAGS.get(key, '--' + key)} {_show(old.get(key))} -> {_show(value)}"
+        for key, value in new.items()
+        if old.get(key) != value
+    ]
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(none)"
+    if isinstance(value, dict):
+        return f"size {value.get('size')}" + (f", etag {value['etag']}" if "etag" in value else "")
+    return "(none)" if value is None else str(value)
+
+
+def replacement(
+    output: str, source: str, inputs: dict[str, Any], options: dict[str, Any], *, force: bool
+) -> str:
+    """What a run is about to replace in OUT and why: the options, source or inputs that changed since the
+    recorded result ("" when OUT holds no result). Results are never replaced without saying so."""
+    url = storage.join(output, MANIFEST)
+    nemo_url = storage.join(output, *nemo_path(options["name"]).split("/"))
+    if not storage.exists(url):
+        if storage.exists(nemo_url):
+            return f"{nemo_path(options['name'])} without a manifest (an earlier run did not finish)"
+        return ""
+    try:
+        manifest = json.loads(storage.read_text(url))
+    except (ValueError, UnicodeDecodeError):
+        manifest = None
+    if not isinstance(manifest, dict):
+        return f"the result described by a damaged {MANIFEST}"
+    old_options = _mapping(manifest.get("options"))
+    why = _option_changes(old_options, options)
+    if manifest.get("source") != storage.redact(source):
+        why.append(f"source {manifest.get('source')} -> {storage.redact(source)}")
+    old_inputs = _mapping(manifest.get("inputs"))
+    changed = sorted(set(old_inputs) | set(inputs), key=str)
+    changed = [n for n in changed if old_inputs.get(n) != inputs.get(n)]
+    if changed:
+        shown = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+        why.append(f"input files changed since: {shown}")
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        why.append(f"manifest version {manifest.get('manifest_version')} -> {MANIFEST_VERSION}")
+    if not why:
+        why.append("--force" if force else "its outputs are missing or changed")
+    old_name = old_options.get("name")
+    left = (
+        f"; {nemo_path(old_name)} is left in place, no longer in the manifest"
+        if isinstance(old_name, str) and old_name != options["name"]
+        else ""
+    )
+    return f"the previous result ({'; '.join(why)}){left}"
 
 
 def completed(
@@ -134,19 +201,6 @@ def completed(
 def nemo_path(name: str) -> str:
     """Where the checkpoint goes, relative to OUT (the layout of NeMo's NeVA guide)."""
     return posixpath.join("checkpoints", f"{name}.nemo")
-
-
-def sha256_of(url: str) -> str:
-    """Hash a (possibly huge, possibly remote) file by streaming it."""
-    digest = hashlib.sha256()
-    with (
-        Reporter(f"sha256 {posixpath.basename(url)}", storage.size(url)) as progress,
-        storage.open_read(url) as f,
-    ):
-        while block := f.read(storage.BLOCK_SIZE):
-            digest.update(block)
-            progress.advance(len(block))
-    return digest.hexdigest()
 
 
 def prepare_model(
@@ -201,12 +255,15 @@ def prepare_model(
     patched, ids, _ = patch_tokenizer_bytes(
         storage.read_bytes(tok_src), tokens, control, source=storage.redact(tok_src)
     )
+    replaced = replacement(output, source, inputs, options, force=force)
+    if replaced:  # said before hours of work, and again in the summary
+        print(f"model step: replacing {replaced}", file=sys.stderr, flush=True)
     storage.remove(manifest_url)
     converted = convert_checkpoint(source, nemo_url, precision=precision, device=device, layout=layout)
     storage.write_bytes(tok_url, patched)
 
-    nemo_bytes = storage.size(nemo_url)
-    nemo_sha = getattr(converted, "sha256", None) or sha256_of(nemo_url)
+    # hashed while it was written: reading the file back would be a second full download on s3://
+    nemo_bytes, nemo_sha = converted.bytes_written, converted.sha256
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "neva_prep_version": __version__,
@@ -242,4 +299,5 @@ def prepare_model(
         nemo_sha256=nemo_sha,
         token_ids=ids,
         seconds=time.monotonic() - start,
+        replaced=replaced,
     )

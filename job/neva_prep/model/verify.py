@@ -7,6 +7,7 @@ source to the output precision), and the logits of `llama.py` over the NeMo-layo
 
 from __future__ import annotations
 
+import math
 import tarfile
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import yaml
 
 from neva_prep import storage
 from neva_prep.errors import BadInput, CheckFailed, StepFailed
-from neva_prep.model import hf, llama, mapping, nemo_format
+from neva_prep.model import finite, hf, llama, mapping, nemo_format
 from neva_prep.model.convert import DTYPES
 from neva_prep.model.hf import LlamaConfig
 
@@ -67,15 +68,35 @@ def _rules(cfg: LlamaConfig, layout: str) -> dict[str, tuple[mapping.Rule, int |
 
 
 def _first_difference(key: str, got: torch.Tensor, want: torch.Tensor) -> str:
+    """Name the first difference; NaN/Inf were reported before this, but never crash on them."""
     if got.shape != want.shape:
         return f"{key}: shape {list(got.shape)} != source {list(want.shape)}"
     if got.dtype != want.dtype:
         return f"{key}: dtype {got.dtype} != expected {want.dtype}"
-    diff = (got.float() != want.float()) & ~(got.float().isnan() & want.float().isnan())
-    index = tuple(int(i) for i in diff.nonzero()[0])
+    a, b = got.float().reshape(-1), want.float().reshape(-1)
+    found = ((a != b) & ~(a.isnan() & b.isnan())).nonzero()
+    if not len(found):
+        return f"{key}: differs from the source"
+    flat = int(found[0])
     return (
-        f"{key}: differs from the source at index {list(index)}: {got[index].item()} != {want[index].item()}"
+        f"{key}: differs from the source at index {finite.index(flat, tuple(got.shape))}: "
+        f"{a[flat].item()} != {b[flat].item()}"
     )
+
+
+def _source_tensor(ckpt: hf.HFCheckpoint, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """A source tensor in the output dtype; NaN/Inf there is the source's fault (bad input, as in convert)."""
+    src = ckpt.read(name)
+    out = src.to(dtype)
+    bad = finite.first_bad(out)
+    if bad is not None:
+        ref = ckpt.refs[name]
+        value = float(src.reshape(-1)[bad])
+        where = storage.redact(ref.file)
+        if math.isfinite(value):
+            raise BadInput(finite.overflow(where, name, ref.shape, bad, value, dtype))
+        raise BadInput(finite.non_finite(where, name, ref.shape, bad, value))
+    return out
 
 
 def _check_config(conf: dict[str, Any], cfg: LlamaConfig, nemo: str) -> None:
@@ -132,8 +153,14 @@ def verify_checkpoint(source: str, nemo: str, *, logits: bool = True) -> VerifyR
                     want = mapping.inv_freq(float(conf["rotary_base"]), cfg.head_dim).to(dtype)
                 else:
                     names = [mapping.layer_source(layer, s) if layer is not None else s for s in rule.sources]
-                    srcs = [ckpt.read(n).to(dtype) for n in names]
+                    srcs = [_source_tensor(ckpt, n, dtype) for n in names]
                     want = mapping.apply(rule, srcs, cfg.num_heads, cfg.num_kv_heads)
+                bad = finite.first_bad(got)
+                if bad is not None:
+                    raise CheckFailed(
+                        f"{storage.redact(nemo)}: {key} holds {float(got.reshape(-1)[bad])} at index "
+                        f"{finite.index(bad, tuple(got.shape))}, where the source is finite"
+                    )
                 if got.shape != want.shape or got.dtype != want.dtype or not torch.equal(got, want):
                     raise CheckFailed(_first_difference(key, got, want))
             seen[key] = got if logits else None
@@ -161,6 +188,7 @@ def _compare_logits(
             f"logits not checked ({params / 1e9:.1f} B parameters is too large to hold twice in fp32)",
         )
     try:
+        import transformers
         from transformers import LlamaForCausalLM
         from transformers.utils import logging as hf_logging
     except ImportError:
@@ -168,7 +196,10 @@ def _compare_logits(
             "the logits check needs transformers (pip install transformers), or use --no-logits"
         ) from None
     hf_logging.disable_progress_bar()
-    model = LlamaForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+    major = int(transformers.__version__.split(".")[0])
+    fp32: dict[str, Any] = {"dtype" if major >= 5 else "torch_dtype": torch.float32}  # 5 renamed it
+    model = LlamaForCausalLM.from_pretrained(source, **fp32)
+    _same_rope(model.config, cfg, source, transformers.__version__)
     # compare on the same weight values: round the reference to the output precision first
     with torch.no_grad():
         for p in model.parameters():
@@ -189,8 +220,31 @@ def _compare_logits(
         )
     diff = float((got - want).abs().max())
     scale = float(want.abs().max())
-    if diff > 1e-3 * max(1.0, scale):
+    if not diff <= 1e-3 * max(1.0, scale):  # NaN compares false: NaN logits are a difference
         raise CheckFailed(
             f"logits differ from transformers': max |diff| {diff:.3e} (logit scale {scale:.2f})"
         )
     return diff, ""
+
+
+def _same_rope(hf_config: Any, cfg: LlamaConfig, source: str, version: str) -> None:
+    """transformers before 5 does not read `rope_parameters` (and falls back to rope_theta 10000): then it
+    builds another model than the config describes, and comparing logits would blame the .nemo."""
+    params: Any = getattr(hf_config, "rope_parameters", None)
+    theta: Any
+    factor: Any
+    if isinstance(params, dict):  # transformers 5
+        theta, kind, factor = params.get("rope_theta"), params.get("rope_type"), params.get("factor")
+    else:
+        scaling = getattr(hf_config, "rope_scaling", None) or {}
+        theta = getattr(hf_config, "rope_theta", None)
+        kind, factor = scaling.get("rope_type", scaling.get("type")), scaling.get("factor")
+    theirs = (float(theta or hf.DEFAULT_ROPE_THETA), float(factor) if kind == "linear" else None)
+    ours = (cfg.rope_theta, cfg.rope_scaling_factor)
+    if theirs != ours:
+        raise BadInput(
+            f"{storage.redact(source)}/config.json: the installed transformers {version} reads RoPE as "
+            f"rope_theta {theirs[0]}, linear factor {theirs[1]}, where the config says rope_theta {ours[0]}, "
+            f"linear factor {ours[1]} (written by a newer transformers?): install transformers>=5 to "
+            "compare logits, or use --no-logits"
+        )
