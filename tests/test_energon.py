@@ -340,3 +340,42 @@ def test_s3_media_and_destination(s3: str, tmp_path: Path) -> None:
     export(str(local), f"{s3}/media", 1, "--samples-per-shard", "3")
     remote = {t: storage.read_bytes(f"{dst}/energon/{t}") for t in tars(local / "energon")}
     assert remote == tars(local / "energon")
+
+
+def test_plan_runs_the_export_after_the_merge(tmp_path: Path) -> None:
+    make_media(str(tmp_path / "media"))
+    merged_dataset(str(tmp_path), str(tmp_path / "unused"), shards=1)  # writes caps.csv
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"output: {tmp_path / 'out'}\n"
+        "datasets:\n"
+        "  - name: caps\n"
+        f"    source: {tmp_path / 'caps.csv'}\n"
+        "    from: captions\n"
+        "    media: image\n"
+        "    media_column: path\n"
+        "    caption_column: caption\n"
+        "    id_column: id\n"
+        "    shards: 2\n"
+        f"    media_root: {tmp_path / 'media'}\n"
+        "    energon: {shards: 2, samples_per_shard: 3, split: 'train=9,val=1'}\n"
+    )
+    check = neva("plan", "check", str(plan))
+    assert check.returncode == 0, check.stderr
+    assert "data export energon" in check.stdout and "--finalize" in check.stdout
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(plan.read_text().replace("train=9,val=1", "train=x"))
+    refused = neva("plan", "check", str(bad))
+    assert refused.returncode == 2 and "datasets[0].energon.split" in refused.stderr
+
+    run = neva("launch", "local", str(plan), "--workers", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[caps energon index] ok" in run.stdout
+    root = tmp_path / "out" / "datasets" / "caps" / "energon"
+    stats = json.loads((root / "stats.json").read_text())
+    # the convert already rejected the row whose file is missing (the dataset's media_root); the export the
+    # one whose bytes are no image
+    assert (stats["records"], stats["exported"], stats["num_shards"]) == (len(ROWS) - 1, len(EXPORTED), 2)
+    assert stats["rejected_by_reason"] == {"unknown media format": 1}
+    assert len(load(str(root))) == stats["split_samples"]["train"]

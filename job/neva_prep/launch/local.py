@@ -23,6 +23,7 @@ from neva_prep.launch.plan import (
     DatasetSpec,
     Plan,
     dataset_output,
+    energon_argv,
     merge_argv,
     model_argv,
     shard_argv,
@@ -144,6 +145,22 @@ def tasks(plan: Plan) -> tuple[list[Task], dict[str, Task]]:
     return first, merges
 
 
+def energon_tasks(plan: Plan) -> tuple[dict[str, list[Task]], dict[str, Task]]:
+    """Per dataset with `energon:`, the export shards to start once its merge succeeded, and (under the
+    group name `NAME energon`) the finalize step to run once they all succeeded, as a merge follows shards."""
+    exports: dict[str, list[Task]] = {}
+    finalize: dict[str, Task] = {}
+    for ds in plan.datasets:
+        if ds.energon is None:
+            continue
+        group, base, n = f"{ds.name} energon", energon_argv(plan, ds), ds.energon.shards
+        exports[ds.name] = [
+            Task(f"{group} {i + 1}/{n}", [*base, "--shard-index", str(i)], group) for i in range(n)
+        ]
+        finalize[group] = Task(f"{group} index", energon_argv(plan, ds, finalize=True), group, merge=True)
+    return exports, finalize
+
+
 def _execute(task: Task) -> Outcome:
     argv = NEVA_PREP + task.argv[1:] if task.argv[:1] == ["neva-prep"] else task.argv
     env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")}
@@ -156,10 +173,14 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
     """Run every command of `plan` here, K at a time; returns their outcomes (never raises for a failure)."""
     workers = max(1, workers or os.cpu_count() or 1)
     first, merges = tasks(plan)
+    exports, finalize = energon_tasks(plan)
+    merges.update(finalize)
     remaining = {ds.name: ds.shards for ds in plan.datasets}
+    remaining.update({t[0].dataset: len(t) for t in exports.values() if t[0].dataset})
     failed: set[str] = set()
     result = LocalRun(plan)
-    echo(f"running {len(first) + len(merges)} command(s) with {workers} worker(s)")
+    total = len(first) + len(merges) + sum(map(len, exports.values()))
+    echo(f"running {total} command(s) with {workers} worker(s)")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: set[Future[Outcome]] = {pool.submit(_execute, t) for t in first}
         while pending:
@@ -171,7 +192,11 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
                 if not outcome.ok:
                     echo(f"    command: {storage.redact(shlex.join(outcome.task.argv))}")
                 name = outcome.task.dataset
-                if name is None or outcome.task.merge:
+                if name is None:
+                    continue
+                if outcome.task.merge:
+                    if outcome.ok and name in exports:  # the dataset's Energon export follows its merge
+                        pending |= {pool.submit(_execute, t) for t in exports[name]}
                     continue
                 remaining[name] -= 1
                 if not outcome.ok:

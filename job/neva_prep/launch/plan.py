@@ -59,6 +59,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EnergonSpec:
+    """`energon:` in a dataset: after its merge, `data export energon` in `shards` tasks, then --finalize."""
+
+    media_root: str
+    samples_per_shard: int = 10_000
+    split: str | None = None  # e.g. "train=98,val=2"; default all train
+    shards: int = 1
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One dataset: converted in `shards` parallel tasks into `output/datasets/NAME/`, then merged."""
 
@@ -73,6 +83,7 @@ class DatasetSpec:
     id_column: str | None = None
     prompts: str | None = None
     media_root: str | None = None
+    energon: EnergonSpec | None = None  # also write an Energon WebDataset (NeMo 2, Megatron-Bridge)
 
     @property
     def max_parallel(self) -> int:
@@ -295,6 +306,27 @@ def _dataset(sec: _Section) -> DatasetSpec:
         id_column=sec.text("id_column", None),
         prompts=_prompts(sec),
         media_root=sec.text("media_root", None),
+        energon=_energon(sec) if sec.data.get("energon") is not None else None,
+    )
+
+
+def _energon(dataset: _Section) -> EnergonSpec:
+    from neva_prep.data.writers.energon import parse_split
+
+    sec = dataset.section("energon", _fields(EnergonSpec))
+    media_root = sec.text("media_root", None) or dataset.text("media_root", None)
+    if media_root is None:
+        raise sec.error(sec.key("media_root"), "missing (the folder the records' media paths are under)")
+    split = sec.text("split", None)
+    try:
+        parse_split(split)
+    except BadInput as exc:
+        raise sec.error(sec.key("split"), str(exc)) from None
+    return EnergonSpec(
+        media_root=media_root,
+        samples_per_shard=sec.integer("samples_per_shard", 10_000, minimum=1),
+        split=split,
+        shards=sec.integer("shards", 1, minimum=1),
     )
 
 
@@ -587,6 +619,22 @@ def merge_job_name(plan: Plan, ds: DatasetSpec) -> str:
     return f"{plan.name}-{ds.name}-merge"
 
 
+def energon_argv(plan: Plan, ds: DatasetSpec, *, finalize: bool = False) -> list[str]:
+    """`neva-prep data export energon OUTPUT/datasets/NAME ...`: one export shard (the index comes from the
+    scheduler's environment or an appended `--shard-index I`), or with `finalize` the step after them all."""
+    e = ds.energon
+    if e is None:
+        raise ValueError(f"dataset {ds.name!r} has no energon block")
+    argv = ["neva-prep", "data", "export", "energon", dataset_output(plan, ds), "--name", ds.name]
+    argv += ["--media-root", e.media_root, "--samples-per-shard", str(e.samples_per_shard)]
+    argv += ["--num-shards", str(e.shards)] + (["--split", e.split] if e.split else [])
+    return [*argv, "--finalize"] if finalize else argv
+
+
+def energon_job_name(plan: Plan, ds: DatasetSpec, *, finalize: bool = False) -> str:
+    return f"{plan.name}-{ds.name}-energon" + ("-index" if finalize else "")
+
+
 def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
     """(job name, argv) of every job in the plan, in the order they may start."""
     if plan.model is not None:
@@ -594,6 +642,9 @@ def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
     for ds in plan.datasets:
         yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds)
         yield merge_job_name(plan, ds), merge_argv(plan, ds)
+        if ds.energon is not None:
+            yield f"{energon_job_name(plan, ds)} (x{ds.energon.shards})", energon_argv(plan, ds)
+            yield energon_job_name(plan, ds, finalize=True), energon_argv(plan, ds, finalize=True)
 
 
 def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
