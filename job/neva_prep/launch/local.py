@@ -18,10 +18,11 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from neva_prep import storage
-from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, EXIT_OK
 from neva_prep.launch.plan import (
     DatasetSpec,
     Plan,
+    check_argv,
     dataset_output,
     energon_argv,
     merge_argv,
@@ -79,6 +80,8 @@ class LocalRun:
         codes = [o.returncode for o in self.outcomes]
         if EXIT_BAD_INPUT in codes:
             return EXIT_BAD_INPUT
+        if EXIT_CHECK_FAILED in codes and set(codes) <= {EXIT_OK, EXIT_CHECK_FAILED} and not self.skipped:
+            return EXIT_CHECK_FAILED  # everything ran; a data check found problems (see its report)
         if any(c != EXIT_OK for c in codes) or self.skipped:
             return EXIT_FAILED
         return EXIT_OK
@@ -95,6 +98,8 @@ class LocalRun:
             lines += [f"model: {line}" for line in _model_outputs(self.plan)]
         failed = [o for o in self.outcomes if not o.ok]
         verdict = "ok" if self.exit_code == EXIT_OK else f"FAILED ({len(failed)} command(s) failed)"
+        if self.exit_code == EXIT_CHECK_FAILED:
+            verdict = "a data check found problems (see its report.html)"
         lines.append("")
         lines += [f"skipped: {s}" for s in self.skipped]
         lines.append(f"{len(self.outcomes)} command(s) run, {verdict}")
@@ -161,6 +166,26 @@ def energon_tasks(plan: Plan) -> tuple[dict[str, list[Task]], dict[str, Task]]:
     return exports, finalize
 
 
+def check_tasks(plan: Plan) -> tuple[dict[str, list[Task]], dict[str, Task]]:
+    """Per dataset with `check:`, what starts once its merge succeeded: the whole check (a task that ends its
+    group) or its shards, whose `--merge` runs (under the group name `NAME check`) once they all succeeded."""
+    starts: dict[str, list[Task]] = {}
+    merges: dict[str, Task] = {}
+    for ds in plan.datasets:
+        if ds.check is None:
+            continue
+        group, n = f"{ds.name} check", ds.check.shards
+        if n == 1:
+            starts[ds.name] = [Task(group, check_argv(plan, ds), group, merge=True)]
+            continue
+        base = check_argv(plan, ds)
+        starts[ds.name] = [
+            Task(f"{group} {i + 1}/{n}", [*base, "--shard-index", str(i)], group) for i in range(n)
+        ]
+        merges[group] = Task(f"{group} merge", check_argv(plan, ds, merge=True), group, merge=True)
+    return starts, merges
+
+
 def _execute(task: Task) -> Outcome:
     argv = NEVA_PREP + task.argv[1:] if task.argv[:1] == ["neva-prep"] else task.argv
     env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")}
@@ -175,11 +200,14 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
     first, merges = tasks(plan)
     exports, finalize = energon_tasks(plan)
     merges.update(finalize)
+    checks, check_merges = check_tasks(plan)
+    merges.update(check_merges)
     remaining = {ds.name: ds.shards for ds in plan.datasets}
     remaining.update({t[0].dataset: len(t) for t in exports.values() if t[0].dataset})
+    remaining.update({t[0].dataset: len(t) for t in checks.values() if t[0].dataset and not t[0].merge})
     failed: set[str] = set()
     result = LocalRun(plan)
-    total = len(first) + len(merges) + sum(map(len, exports.values()))
+    total = len(first) + len(merges) + sum(map(len, exports.values())) + sum(map(len, checks.values()))
     echo(f"running {total} command(s) with {workers} worker(s)")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: set[Future[Outcome]] = {pool.submit(_execute, t) for t in first}
@@ -197,6 +225,8 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
                 if outcome.task.merge:
                     if outcome.ok and name in exports:  # the dataset's Energon export follows its merge
                         pending |= {pool.submit(_execute, t) for t in exports[name]}
+                    if outcome.ok and name in checks:  # and its data check
+                        pending |= {pool.submit(_execute, t) for t in checks[name]}
                     continue
                 remaining[name] -= 1
                 if not outcome.ok:

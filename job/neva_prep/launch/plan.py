@@ -69,6 +69,23 @@ class EnergonSpec:
 
 
 @dataclass(frozen=True)
+class CheckSpec:
+    """`check:` in a dataset: after its merge, `data check` of NAME.json for the NeMo settings training uses
+    (report in `output/datasets/NAME/report/`); `shards` > 1 splits it (with `decode`), then --merge."""
+
+    template: str
+    tokenizer: str
+    seq_length: int
+    crop_size: int = 224
+    patch_size: int = 14
+    media_tokens: int | None = None
+    num_frames: int | None = None
+    media_root: str | None = None  # default: the dataset's media_root
+    decode: bool = False
+    shards: int = 1
+
+
+@dataclass(frozen=True)
 class DatasetSpec:
     """One dataset: converted in `shards` parallel tasks into `output/datasets/NAME/`, then merged."""
 
@@ -84,6 +101,7 @@ class DatasetSpec:
     prompts: str | None = None
     media_root: str | None = None
     energon: EnergonSpec | None = None  # also write an Energon WebDataset (NeMo 2, Megatron-Bridge)
+    check: CheckSpec | None = None  # then check it is ready to train (`data check`)
 
     @property
     def max_parallel(self) -> int:
@@ -307,7 +325,31 @@ def _dataset(sec: _Section) -> DatasetSpec:
         prompts=_prompts(sec),
         media_root=sec.text("media_root", None),
         energon=_energon(sec) if sec.data.get("energon") is not None else None,
+        check=_check(sec) if sec.data.get("check") is not None else None,
     )
+
+
+def _check(dataset: _Section) -> CheckSpec:
+    from neva_prep.data.check.templates import TEMPLATES
+
+    sec = dataset.section("check", _fields(CheckSpec))
+    spec = CheckSpec(
+        template=sec.text("template", choices=TEMPLATES),
+        tokenizer=sec.text("tokenizer"),
+        seq_length=sec.integer("seq_length", minimum=1),
+        crop_size=sec.integer("crop_size", 224, minimum=1),
+        patch_size=sec.integer("patch_size", 14, minimum=1),
+        media_tokens=sec.integer("media_tokens", None, minimum=1),
+        num_frames=sec.integer("num_frames", None, minimum=1),
+        media_root=sec.text("media_root", None) or dataset.text("media_root", None),
+        decode=sec.boolean("decode", False),
+        shards=sec.integer("shards", 1, minimum=1),
+    )
+    if dataset.text("media") == "video" and spec.num_frames is None:
+        raise sec.error(sec.key("num_frames"), "missing (model.data.num_frames; needed for video)")
+    if spec.decode and spec.media_root is None:
+        raise sec.error(sec.key("media_root"), "missing (decode needs the media folder)")
+    return spec
 
 
 def _energon(dataset: _Section) -> EnergonSpec:
@@ -635,6 +677,29 @@ def energon_job_name(plan: Plan, ds: DatasetSpec, *, finalize: bool = False) -> 
     return f"{plan.name}-{ds.name}-energon" + ("-index" if finalize else "")
 
 
+def check_argv(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> list[str]:
+    """`neva-prep data check OUTPUT/datasets/NAME/NAME.json ... --report OUTPUT/datasets/NAME/report`: the
+    whole check (1 shard), one check shard (index from the environment or `--shard-index I`), or `merge`."""
+    c = ds.check
+    if c is None:
+        raise ValueError(f"dataset {ds.name!r} has no check block")
+    out = dataset_output(plan, ds)
+    argv = ["neva-prep", "data", "check", storage.join(out, f"{ds.name}.json"), "--media", ds.media]
+    argv += ["--template", c.template, "--tokenizer", c.tokenizer, "--seq-length", str(c.seq_length)]
+    argv += ["--crop-size", str(c.crop_size), "--patch-size", str(c.patch_size)]
+    for flag, value in (("--media-tokens", c.media_tokens), ("--num-frames", c.num_frames)):
+        argv += [flag, str(value)] if value is not None else []
+    argv += ["--media-root", c.media_root] if c.media_root else []
+    argv += ["--decode"] if c.decode else []
+    argv += ["--report", storage.join(out, "report")]
+    argv += ["--num-shards", str(c.shards)] if c.shards > 1 else []
+    return [*argv, "--merge"] if merge else argv
+
+
+def check_job_name(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> str:
+    return f"{plan.name}-{ds.name}-check" + ("-merge" if merge else "")
+
+
 def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
     """(job name, argv) of every job in the plan, in the order they may start."""
     if plan.model is not None:
@@ -645,6 +710,11 @@ def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
         if ds.energon is not None:
             yield f"{energon_job_name(plan, ds)} (x{ds.energon.shards})", energon_argv(plan, ds)
             yield energon_job_name(plan, ds, finalize=True), energon_argv(plan, ds, finalize=True)
+        if ds.check is not None and ds.check.shards > 1:
+            yield f"{check_job_name(plan, ds)} (x{ds.check.shards})", check_argv(plan, ds)
+            yield check_job_name(plan, ds, merge=True), check_argv(plan, ds, merge=True)
+        elif ds.check is not None:
+            yield check_job_name(plan, ds), check_argv(plan, ds)
 
 
 def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
