@@ -1,6 +1,7 @@
 # neva-prep on top of the NeMo container whose NeVA / VideoNeVA loader we target.
-# Build: make docker-build (NEMO_IMAGE=... to change the release). No Docker engine ran this file on the
-# development machines: it is linted (hadolint), not built, there.
+# Build: make docker-build (NEMO_IMAGE=... to change the release; docker or podman). `make image-test` (run by
+# .ci/run) builds this file unchanged on a locally made stand-in for the NeMo image (Debian 12, Python, CPU torch)
+# and runs the sample job in it as the Kubernetes manifests do; the real NeMo image is not pulled there.
 ARG NEMO_IMAGE=nvcr.io/nvidia/nemo:24.05
 FROM ${NEMO_IMAGE}
 
@@ -8,15 +9,24 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 
 # Install only what the image lacks. The image's CUDA build of torch (and what is compiled against it) is
 # pinned to the image's own version through a constraints file, so pip can never replace it; pip's default
-# "only if needed" strategy leaves every other package that already satisfies us alone.
-COPY pyproject.toml README.md /src/neva-prep/
+# "only if needed" strategy leaves every other package that already satisfies us alone. A base without torch
+# is refused with a message: pip would otherwise fetch a multi-GB torch that is not the image's. The
+# project's constraints.txt stops pip's resolver backtracking through boto3 / botocore releases.
+ARG NEMO_IMAGE
+COPY pyproject.toml README.md constraints.txt /src/neva-prep/
 COPY job/ /src/neva-prep/job/
-RUN python -m pip list --format=freeze \
-    | grep -iE '^(torch|torchvision|torchaudio|triton|numpy|apex|transformer[-_]engine|nvidia-[a-z0-9-]+)==' \
-    > /tmp/image-constraints.txt \
-    && python -m pip install --no-cache-dir --constraint /tmp/image-constraints.txt /src/neva-prep \
+RUN python -m pip list --format=freeze > /tmp/image-packages.txt \
+    && if ! grep -qiE '^torch==' /tmp/image-packages.txt; then \
+         echo "error: the base image ${NEMO_IMAGE} has no torch (pip list shows none); neva-prep installs" \
+              "on a NeMo container and uses its torch: set NEMO_IMAGE to one (e.g. nvcr.io/nvidia/nemo:24.05)" >&2; \
+         exit 1; \
+       fi \
+    && grep -iE '^(torch|torchvision|torchaudio|triton|numpy|apex|transformer[-_]engine|nvidia-[a-z0-9-]+)==' \
+         /tmp/image-packages.txt > /tmp/image-constraints.txt \
+    && python -m pip install --no-cache-dir --constraint /tmp/image-constraints.txt \
+         --constraint /src/neva-prep/constraints.txt /src/neva-prep \
     && python -c "import torch, neva_prep.cli; print('torch', torch.__version__)" \
-    && rm -rf /src/neva-prep /tmp/image-constraints.txt
+    && rm -rf /src/neva-prep /tmp/image-packages.txt /tmp/image-constraints.txt
 
 # Run as a non-root user (uid 1000, as the Kubernetes manifests require); HOME and TMPDIR are writable
 # scratch so that a read-only root filesystem works.
