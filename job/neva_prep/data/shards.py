@@ -79,9 +79,10 @@ def id_key(record_id: Any) -> bytes:
 
 def content_key(record: dict[str, Any], media: str) -> bytes:
     """A stable 8-byte hash of what NeVA trains on: the media and the conversations (not the id, which
-    NeMo does not read). Keys inside a turn are sorted, so key order in the input does not matter."""
+    NeMo does not read). Keys inside a turn are sorted, so key order in the input does not matter.
+    SHA-256 because CPUs hash it in hardware (SHA-NI, ARMv8): ~2x BLAKE2b on kB-sized records."""
     payload = orjson.dumps([record.get(media), record["conversations"]], option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(payload, digest_size=8).digest()
+    return hashlib.sha256(payload).digest()[:8]
 
 
 def index_entries(data: bytes) -> np.ndarray:
