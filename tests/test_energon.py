@@ -113,7 +113,7 @@ def test_export_reads_back_in_energon_sample_for_sample(tmp_path: Path) -> None:
     dst = tmp_path / "caps"
     records = merged_dataset(str(tmp_path), str(dst))
     ids = [r["id"] for r in records]
-    assert len(set(ids)) == len(ids)  # after the merge, duplicate ids are impossible
+    assert len(set(ids)) == len(ids)  # here; a repeated id would still get its own key (the position)
 
     export(str(dst), str(tmp_path / "media"), 3, "--samples-per-shard", "2", "--split", "train=1,val=1")
     root = dst / "energon"
@@ -278,6 +278,12 @@ def test_llava_multi_turn_several_images(tmp_path: Path) -> None:
             "image": "p2.png",
             "conversations": [{"from": "human", "value": "<image>\nWhat?"}, turns[1]],
         },
+        # the same id with other content is a distinct sample the merge keeps: its key is still unique
+        {
+            "id": "7",
+            "image": "p0.png",
+            "conversations": [{"from": "human", "value": "<image>\nAnd?"}, turns[1]],
+        },
     ]
     (tmp_path / "llava.json").write_bytes(orjson.dumps(source))
     dst = tmp_path / "llava"
@@ -289,11 +295,12 @@ def test_llava_multi_turn_several_images(tmp_path: Path) -> None:
     done = neva(*args, "--finalize")
     assert done.returncode == 0, done.stderr
     samples = sorted(load(str(dst / "energon")), key=lambda s: s.__key__)
-    assert [s.__key__ for s in samples] == ["0000000001-two_images", "0000000002-7"]
+    assert [s.__key__ for s in samples] == ["0000000001-two_images", "0000000002-7", "0000000003-7"]
     assert samples[0].image == [pictures["p0.png"], pictures["p1.png"]]
     assert samples[0].context == ["<image>\n<image>\nWhat differs?", "And the size?"]
     assert samples[0].answers == ["The colour.", "The second is larger."]
-    assert samples[1].image == pictures["p2.png"]
+    assert samples[1].image == pictures["p2.png"] and samples[2].image == pictures["p0.png"]
+    assert samples[2].context == ["<image>\nAnd?"]
     crude = (dst / "energon" / ".nv-meta" / "crude.yaml").read_text()
     assert "CrudeWebdataset" in crude and "media: image" in crude
 
