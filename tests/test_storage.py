@@ -103,3 +103,22 @@ def test_s3_credentials_never_in_messages(s3: str) -> None:
         storage.open_read(f"{s3}/missing.bin")
     assert "testing-secret-never-printed" not in str(info.value)
     assert "testing" not in str(info.value).replace(s3, "")
+
+
+def test_failed_local_write_leaves_no_folders_it_made(tmp_path: Path) -> None:
+    (tmp_path / "keep").mkdir()
+    url = str(tmp_path / "keep" / "a" / "b" / "file.bin")
+    with pytest.raises(Boom), storage.atomic_write(url) as f:
+        f.write(b"half")
+        raise Boom
+    assert [p.name for p in tmp_path.rglob("*")] == ["keep"]
+
+
+def test_destination_under_a_regular_file_is_bad_input(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for call in (storage.makedirs, storage.ensure_writable, lambda u: storage.write_text(u, "y")):
+        with pytest.raises(BadInput, match=f"{blocker}/out: cannot write destination"):
+            call(str(blocker / "out"))
+    storage.remove(str(blocker / "out"))  # nothing there to remove: no error
+    assert not storage.exists(str(blocker / "out")) and blocker.read_text() == "x"

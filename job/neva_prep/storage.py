@@ -81,6 +81,15 @@ def _path(url: str, fs: AbstractFileSystem) -> str:
 
 
 def exists(url: str) -> bool:
+    """Whether `url` exists; a local path that cannot be looked at is bad input, never "missing"."""
+    if is_local(url):
+        try:
+            os.stat(_local_path(url))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except PermissionError:
+            raise BadInput(f"{redact(url)}: permission denied") from None
+        return True
     fs = filesystem(url)
     return bool(fs.exists(_path(url, fs)))
 
@@ -101,8 +110,10 @@ def listdir(url: str) -> list[str]:
     path = _path(url, fs)
     try:
         entries = fs.ls(path, detail=False)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
+    except PermissionError:
+        raise BadInput(f"{redact(url)}: permission denied") from None
     return sorted(posixpath.basename(str(e).rstrip("/")) for e in entries)
 
 
@@ -114,6 +125,8 @@ def entries(url: str) -> dict[str, dict[str, Any]]:
         found = fs.ls(_path(url, fs), detail=True)
     except (FileNotFoundError, NotADirectoryError):
         return {}
+    except PermissionError:
+        raise BadInput(f"{redact(url)}: permission denied") from None
     return {
         posixpath.basename(str(e["name"]).rstrip("/")): dict(e)
         for e in sorted(found, key=lambda e: str(e["name"]))
@@ -155,6 +168,27 @@ def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
 
 
+def _missing_folders(directory: str) -> list[str]:
+    """The folders `os.makedirs(directory)` would create, deepest first."""
+    missing = []
+    while directory and not os.path.lexists(directory):
+        missing.append(directory)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        directory = parent
+    return missing
+
+
+def _remove_empty(folders: list[str]) -> None:
+    """Remove the folders a failed write made (deepest first), stopping at one that holds something."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
 @contextlib.contextmanager
 def atomic_write(url: str) -> Iterator[IO[bytes]]:
     """Yield a binary file that appears at `url` only if the block finishes without an exception."""
@@ -162,10 +196,12 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
         path = _local_path(url)
         directory = os.path.dirname(os.path.abspath(path))
         tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+        created = _missing_folders(directory)
         try:
             os.makedirs(directory, exist_ok=True)
             f = open(tmp, "wb")  # noqa: SIM115 - closed below, renamed only on success
         except OSError as exc:
+            _remove_empty(created)
             raise unwritable(path, exc) from None
         try:
             with f:
@@ -176,6 +212,7 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+            _remove_empty(created)  # a failed write leaves no folders behind either
             raise
         return
 

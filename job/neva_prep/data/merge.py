@@ -141,6 +141,8 @@ def finished_shards(
 ) -> tuple[int, list[shards.Marker], list[dict[str, Any]]]:
     """(num_shards, every shard's marker and stats) — or StepFailed naming the shards that have not
     finished, or BadInput when they were made from different input versions or options."""
+    if not storage.exists(destination):  # a wrong path, not shards still to come: retrying cannot help
+        raise BadInput(f"{storage.redact(destination)}: no such folder")
     found = shards.shard_counts(destination)
     if num_shards is None:
         if not found:

@@ -93,7 +93,10 @@ def shard_states(destination: str, num_shards: int) -> ShardStates:
     url = storage.join(destination, shards.SHARDS_DIR)
     fs = storage.filesystem(url)
     try:
-        paths = fs.find(storage.local_path(url) if storage.is_local(url) else url)
+        # exists() first: a folder that cannot be read is bad input (exit 2), not shards still to come
+        paths = (
+            fs.find(storage.local_path(url) if storage.is_local(url) else url) if storage.exists(url) else []
+        )
     except FileNotFoundError:
         paths = []
     done: set[int] = set()

@@ -195,7 +195,9 @@ def _execute(task: Task) -> Outcome:
 
 
 def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None] = print) -> LocalRun:
-    """Run every command of `plan` here, K at a time; returns their outcomes (never raises for a failure)."""
+    """Run every command of `plan` here, K at a time; returns their outcomes (raises only for an output
+    that cannot be written, before anything runs: one line, rather than the same error from every command)."""
+    storage.ensure_writable(plan.output)
     workers = max(1, workers or os.cpu_count() or 1)
     first, merges = tasks(plan)
     exports, finalize = energon_tasks(plan)

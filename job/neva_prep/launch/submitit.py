@@ -404,6 +404,8 @@ def launch_submitit(
     if not storage.is_local(folder):
         raise BadInput(f"{storage.redact(folder)}: the submitit folder must be a local (shared) directory")
     folder = folder.removeprefix("file://")
+    storage.ensure_writable(folder)  # one line, exit 2, before any job is made
+    storage.ensure_writable(plan.output)
     python = _job_python(plan, cluster, python)
     report = on_end or (lambda end: None)
     result = SubmititLaunch(cluster, folder)

@@ -226,6 +226,8 @@ def _merged(destination: str, name: str) -> tuple[str, dict[str, Any], bytes]:
     """(NAME.json URL, the merge's stats, their bytes): the merge must have finished (its stats come last)."""
     output = storage.join(destination, f"{name}.json")
     stats_url = storage.join(destination, "stats.json")
+    if not storage.exists(destination):  # a wrong path, not a merge still to come: retrying cannot help
+        raise BadInput(f"{storage.redact(destination)}: no such folder")
     if not storage.exists(stats_url) or not storage.exists(output):
         raise StepFailed(
             f"{storage.redact(output)}: no finished merge here; run `data merge {storage.redact(destination)}"
