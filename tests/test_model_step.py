@@ -249,3 +249,58 @@ def test_legacy_layout_and_bf16_are_recorded(hf: Path, tmp_path: Path) -> None:
     assert recorded["sha256"] == result.nemo_sha256 == _sha256(nemo)
     # the other layout is a different job, not a finished one
     assert not prepare_model(str(hf), str(out), name="neva-llm", precision="bf16").skipped
+
+
+def test_sha256_is_taken_while_writing_not_by_reading_the_file_back(
+    hf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the .nemo back for its hash was a second full download on s3://."""
+    opened: list[str] = []
+    real_open = storage.open_read
+
+    def recording_open(url: str, *args: Any, **kwargs: Any) -> Any:
+        opened.append(url)
+        return real_open(url, *args, **kwargs)
+
+    monkeypatch.setattr(storage, "open_read", recording_open)
+    out = tmp_path / "out"
+    result = prepare_model(str(hf), str(out))
+    nemo = out / "checkpoints" / "llama-tiny.nemo"
+    assert not [url for url in opened if url.endswith(".nemo")], opened
+    assert result.nemo_sha256 == _sha256(nemo) == _manifest(out)["outputs"]["nemo"]["sha256"]
+    assert result.nemo_bytes == nemo.stat().st_size
+
+
+def test_replacing_a_result_says_what_is_replaced_and_why(
+    hf: Path, tiny_llama: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    assert prepare_model(str(hf), str(out), name="tiny").replaced == ""
+    assert prepare_model(str(hf), str(out), name="tiny").replaced == ""  # complete: nothing replaced
+
+    p = neva("model", str(hf), str(out), "--name", "tiny", "--precision", "bf16")
+    assert p.returncode == 0, p.stderr
+    why = "the previous result (--precision 16 -> bf16)"
+    assert f"  replaced:   {why}" in p.stdout.splitlines()
+    assert f"model step: replacing {why}" in p.stderr  # said before the work starts, in the log
+
+    renamed = prepare_model(str(hf), str(out), name="other", precision="bf16", tokens=["<video>"])
+    assert renamed.replaced == (
+        "the previous result (--name tiny -> other; --token "
+        + ",".join(DEFAULT_TOKENS)
+        + " -> <video>); checkpoints/tiny.nemo is left in place, no longer in the manifest"
+    )
+    forced = prepare_model(str(hf), str(out), name="other", precision="bf16", tokens=["<video>"], force=True)
+    assert forced.replaced == "the previous result (--force)"
+
+    src = tiny_llama(TinyLlama())
+    out2 = tmp_path / "out2"
+    prepare_model(str(src), str(out2))
+    os.utime(src / "config.json", ns=(1, 1))
+    assert prepare_model(str(src), str(out2)).replaced == (
+        "the previous result (input files changed since: config.json)"
+    )
+    (out2 / "model-manifest.json").unlink()  # an interrupted run: outputs without their manifest
+    assert prepare_model(str(src), str(out2)).replaced.endswith(
+        "without a manifest (an earlier run did not finish)"
+    )

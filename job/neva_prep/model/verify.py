@@ -233,7 +233,7 @@ def _same_rope(hf_config: Any, cfg: LlamaConfig, source: str, version: str) -> N
     params: Any = getattr(hf_config, "rope_parameters", None)
     theta: Any
     factor: Any
-    if isinstance(params, dict):  # transformers 5
+    if int(version.split(".")[0]) >= 5 and isinstance(params, dict):  # (4.x keeps unknown keys as is)
         theta, kind, factor = params.get("rope_theta"), params.get("rope_type"), params.get("factor")
     else:
         scaling = getattr(hf_config, "rope_scaling", None) or {}
