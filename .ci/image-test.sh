@@ -41,10 +41,10 @@ phase() {  # phase NAME: closes the previous phase's clock and starts the next
   phase_name=$1
   phase_start=$SECONDS
 }
-phase_done() { timings+=("$(printf '%-44s %4ss' "$phase_name" $((SECONDS - phase_start)))"); phase_name=; }
+phase_done() { timings+=("$(printf '%-54s %4ss' "$phase_name" $((SECONDS - phase_start)))"); phase_name=; }
 report() {
   local rc=$?
-  if [ "$rc" != 0 ]; then timings+=("$(printf '%-44s %4ss  FAILED' "$phase_name" $((SECONDS - phase_start)))"); fi
+  if [ "$rc" != 0 ]; then timings+=("$(printf '%-54s %4ss  FAILED' "$phase_name" $((SECONDS - phase_start)))"); fi
   printf 'image-test wall times:\n'; printf '  %s\n' "${timings[@]}"
   [ -n "${work:-}" ] && rm -rf "$work"
   command -v podman >/dev/null && podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
@@ -86,7 +86,7 @@ else
     bookworm "$work/debian.tar" "$sources"
   podman import --change 'CMD ["/bin/bash"]' "$work/debian.tar" "$DEBIAN_IMAGE"
   rm -f "$work/debian.tar"
-  podman build --format docker "${BUILD[@]}" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
+  podman build --format docker --layers=false "${BUILD[@]}" --build-arg DEBIAN_IMAGE="$DEBIAN_IMAGE" \
     --build-arg TORCH_VERSION="$TORCH_VERSION" --build-arg NUMPY_VERSION="$NUMPY_VERSION" \
     -f .ci/nemo-standin.Containerfile -t "$STANDIN_IMAGE" .ci
 fi
