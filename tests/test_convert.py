@@ -427,3 +427,28 @@ def test_qkv_fusion_is_nemos_loop_and_split_inverts_it(heads: int, groups: int) 
     fused = fuse_qkv(q, k, v, heads, groups)
     assert torch.equal(fused, nemo_converter_qkv(q, k, v, heads, groups))
     assert all(torch.equal(a, b) for a, b in zip(split_qkv(fused, heads, groups), (q, k, v), strict=True))
+
+
+def test_bin_holding_objects_is_refused_in_our_words(models: dict[str, Path], tmp_path: Path) -> None:
+    """A security refusal says what was found and what to do; it never suggests turning the check off
+    (torch's own message suggests `weights_only=False`)."""
+    import argparse
+
+    from neva_prep.sample import llama_state_dict
+
+    src = _copy(models, tmp_path)
+    _no_weights(src)
+    state = {**llama_state_dict(TinyLlama()), "args": argparse.Namespace(lr=1e-4)}  # as training scripts save
+    torch.save(state, src / "pytorch_model.bin")
+    dst = tmp_path / "out" / "model.nemo"
+    p = neva("checkpoint", "convert", str(src), str(dst))
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr
+    assert (
+        "pytorch_model.bin: holds Python objects other than tensors (a pickled argparse.Namespace)"
+        in lines[0]
+    )
+    assert "safetensors" in lines[0] and "a tool you trust" in lines[0]
+    assert "weights_only" not in p.stderr and "add_safe_globals" not in p.stderr
+    assert not (tmp_path / "out").exists()
