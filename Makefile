@@ -66,6 +66,8 @@ docker-build:
 CONTAINER_USER ?= $(if $(filter 0,$(shell id -u)),1000:1000,$(shell id -u):$(shell id -g))
 DOCKER_GPUS ?= $(if $(filter podman,$(CONTAINER)),--device nvidia.com/gpu=all,--gpus all)
 docker-run:
+	@case "$(CONTAINER_USER)" in 0|0:*|root|root:*) echo "docker-run: the job never runs as root" \
+	  "(CONTAINER_USER=$(CONTAINER_USER)); pick another user" >&2; exit 2;; esac
 	$(CONTAINER) run --rm $(DOCKER_GPUS) --user $(CONTAINER_USER) \
 	  --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges $(CONTAINER_RUN_FLAGS) \
 	  -v $(CURDIR):$(CURDIR) -v $(abspath $(dir $(PLAN))):$(abspath $(dir $(PLAN))) -w $(CURDIR) \

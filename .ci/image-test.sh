@@ -24,7 +24,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 VENV=${VENV:-.venv}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-NUMPY_VERSION=${STANDIN_NUMPY_VERSION:-1.24.4}                          # what the NeMo 24.05 image pins
+NUMPY_VERSION=${STANDIN_NUMPY_VERSION:-1.24.4}    # the 1.x release NGC's 24.x images (NeMo 24.05) ship
 DEBIAN_IMAGE=localhost/neva-prep-debian:bookworm
 STANDIN_IMAGE=localhost/neva-prep-nemo-standin:bookworm-torch${TORCH_VERSION}-numpy${NUMPY_VERSION}
 IMAGE=localhost/neva-prep:image-test

@@ -57,6 +57,7 @@ def test_every_file_the_dockerfile_copies_is_in_the_build_context() -> None:
 
 
 def _make_n(target: str, *variables: str) -> list[str]:
+    """The container engine's command line that `make -n TARGET` prints (the recipe's last command)."""
     out = subprocess.run(
         ["make", "--no-print-directory", "-n", target, *variables],
         cwd=REPO,
@@ -64,7 +65,8 @@ def _make_n(target: str, *variables: str) -> list[str]:
         text=True,
         check=True,
     ).stdout
-    return shlex.split(out.replace("\\\n", " ").replace("<(", "").replace(")", ""))
+    last = out.replace("\\\n", " ").strip().splitlines()[-1]
+    return shlex.split(last.replace("<(", "").replace(")", ""))
 
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])
@@ -79,6 +81,18 @@ def test_docker_run_never_runs_the_job_as_root(engine: str, tmp_path: Path) -> N
         assert flag in argv
     assert argv[argv.index("--cap-drop") + 1] == "ALL"
     assert argv[argv.index("--security-opt") + 1] == "no-new-privileges"
+
+
+def test_docker_run_refuses_root_asked_for_by_name(tmp_path: Path) -> None:
+    for user in ("0:0", "0", "root"):
+        run = subprocess.run(
+            ["make", "docker-run", "CONTAINER=true", f"CONTAINER_USER={user}", f"PLAN={tmp_path}/plan.yaml"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert run.returncode != 0 and "never runs as root" in run.stderr
 
 
 def test_podman_builds_in_docker_format() -> None:
