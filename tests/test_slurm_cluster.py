@@ -137,6 +137,45 @@ def test_bad_input_shard_fails_once_and_is_reported(
     assert "error" in log and str(bad_csv) in log  # the one-line reason is in the task's log
 
 
+def test_a_job_that_can_never_start_fails_instead_of_waiting_for_ever(
+    slurm: SlurmCluster, sample: Path, tmp_path: Path
+) -> None:
+    plan = slurm_plan(sample, tmp_path, model=False, dataset=webvid(sample, shards=2))
+    data = yaml.safe_load(plan.read_text())
+    data["slurm"]["cpus_per_task"] = 999  # more than any node has: pends with reason PartitionConfig
+    plan.write_text(yaml.safe_dump(data, sort_keys=False))
+    start = time.monotonic()
+    done = neva(
+        "launch", "slurm", str(plan), "--out", str(tmp_path / "slurm"), "--wait", cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert time.monotonic() - start < 60
+    ids = job_ids(done.stdout)
+    array = ids["neva-sample-webvid"]
+    assert (
+        f"neva-sample-webvid {array}_0-1%2: PENDING (PartitionConfig)" in done.stdout
+    )  # reported as it waits
+    (line,) = done.stderr.splitlines()
+    assert f"neva-sample-webvid {array}" in line and "reason PartitionConfig" in line and "cpu=999" in line
+    assert "Traceback" not in done.stderr
+    # nothing is left pending for ever: the array is cancelled, its merge then by --kill-on-invalid-dep
+    deadline = time.monotonic() + 60
+    while True:
+        jobs = [*job_states(array), *job_states(ids["neva-sample-webvid-merge"])]
+        if all(t.state == "CANCELLED" for t in jobs):
+            break
+        assert time.monotonic() < deadline, jobs
+        time.sleep(0.5)
+
+    # memory no node has: sbatch itself refuses; also bad input, not "retry may help"
+    data["slurm"] = {**data["slurm"], "cpus_per_task": 1, "mem": "100000000M"}
+    plan.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = neva("launch", "slurm", str(plan), "--out", str(tmp_path / "slurm"), "--submit", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.splitlines()
+    assert "Requested node configuration is not available" in line and "slurm:" in line
+
+
 def test_killed_shard_reruns_and_the_merge_is_unchanged(
     slurm: SlurmCluster, sample: Path, webvid_by_hand: bytes, tmp_path: Path
 ) -> None:

@@ -497,7 +497,7 @@ def launch_slurm(
     from neva_prep.launch.slurm import launch_slurm as launch
 
     def progress(task: TaskState) -> None:
-        say(f"  {task.name} {task.job_id}: {task.state}")
+        say(f"  {task.line()}")
 
     result = run(launch, plan, out, submit_jobs=submit or wait, follow=wait, on_change=progress)
     say(result.summary())

@@ -55,6 +55,36 @@ FINAL_STATES = frozenset(
         "TIMEOUT",
     }
 )
+# Pending reasons that waiting cannot resolve: the request exceeds what the partition, account or QOS
+# allows, or a dependency failed. A job pending for one of these would wait for ever.
+NEVER_STARTS = frozenset(
+    {
+        "AssocMaxCpuPerJobLimit",
+        "AssocMaxMemPerJob",
+        "AssocMaxNodesPerJobLimit",
+        "AssocMaxWallDurationPerJobLimit",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxNodePerJobLimit",
+        "QOSMaxWallDurationPerJobLimit",
+    }
+)
+# sbatch refusals that no retry changes (the plan asks what no node or partition offers)
+_REFUSED = (
+    "Requested node configuration is not available",
+    "can not be satisfied",
+    "Invalid account",
+    "Invalid partition",
+    "Invalid qos",
+    "Requested time limit is invalid",
+)
 
 
 @dataclass(frozen=True)
@@ -244,10 +274,33 @@ class TaskState:
     signal: int
     restarts: int
     reason: str
+    request: str = ""  # what the job asks, as Slurm's TRES: "cpu=999,mem=24105M,node=1"
 
     @property
     def ok(self) -> bool:
         return self.state == "COMPLETED" and self.exit_code == 0
+
+    @property
+    def never_starts(self) -> bool:
+        """Pending for a reason that waiting cannot resolve."""
+        return self.state == "PENDING" and self.reason in NEVER_STARTS
+
+    def line(self) -> str:
+        """Progress: `NAME ID: STATE`, with the reason while it pends."""
+        why = f" ({self.reason})" if self.state == "PENDING" and self.reason not in ("", "None") else ""
+        return f"{self.name} {self.job_id}: {self.state}{why}"
+
+
+class NeverStarts(BadInput):
+    """A job pends for a reason waiting cannot resolve; `wait` cancelled it."""
+
+    def __init__(self, task: TaskState) -> None:
+        self.task = task
+        super().__init__(
+            f"Slurm job {task.name} {task.job_id} can never start: pending with reason {task.reason}"
+            f" (it asks {task.request or 'what the plan says'}); cancelled it. Lower the plan's"
+            " slurm: cpus_per_task / mem / time, or pick another partition"
+        )
 
 
 @dataclass
@@ -258,6 +311,7 @@ class SlurmLaunch:
     files: list[str]
     submitted: list[Submitted] = field(default_factory=list)
     final: list[TaskState] = field(default_factory=list)
+    never_starts: NeverStarts | None = None
 
     @property
     def failed(self) -> list[TaskState]:
@@ -265,13 +319,18 @@ class SlurmLaunch:
 
     @property
     def exit_code(self) -> int:
-        """0, or what a followed run failed with: 2 when a task exited 2 (bad input), else 1."""
+        """0, or what a followed run failed with: 2 when a task exited 2 (bad input) or can never start,
+        else 1."""
+        if self.never_starts is not None:
+            return 2
         if not self.failed:
             return 0
         return 2 if any(t.exit_code == 2 for t in self.failed) else 1
 
     def error(self) -> str:
         """One line naming the failed tasks (empty when none failed)."""
+        if self.never_starts is not None:
+            return str(self.never_starts)
         if not self.failed:
             return ""
         report = "; ".join(_describe(t) for t in self.failed)
@@ -284,7 +343,7 @@ class SlurmLaunch:
             lines.append(f"submit with: bash {shlex.quote(storage.join(self.out, SUBMIT))}")
         for job in self.submitted:
             lines.append(f"submitted {job.name}: job {job.job_id}")
-        if self.submitted and not self.final:
+        if self.submitted and not self.final and self.never_starts is None:
             ids = ",".join(j.job_id for j in self.submitted)
             lines.append(f"follow with: squeue -j {ids}")
         lines += [_describe(t) for t in self.final]
@@ -342,8 +401,15 @@ def submit(out: str, *, cwd: str | None = None, env: Mapping[str, str] | None = 
     if done.returncode != 0:
         already = ", ".join(f"{j.name}={j.job_id}" for j in jobs) or "none"
         err = done.stderr.strip().splitlines()
-        raise StepFailed(
-            f"submit.sh failed: {err[-1] if err else done.returncode} (already submitted: {already})"
+        why = "; ".join(line.removeprefix("sbatch: error: ") for line in err[-2:]) or str(done.returncode)
+        refused = any(r in done.stderr for r in _REFUSED)
+        raise (BadInput if refused else StepFailed)(
+            f"submit.sh failed: {why} (already submitted: {already})"
+            + (
+                "; fix the plan's slurm: section (cpus_per_task, mem, time, partition, account)"
+                if refused
+                else ""
+            )
         )
     return jobs
 
@@ -378,6 +444,7 @@ def job_states(job_id: str, env: Mapping[str, str] | None = None) -> list[TaskSt
                 signal=int(sig or 0),
                 restarts=int(f.get("Restarts", "0") or 0),
                 reason=f.get("Reason", ""),
+                request=f.get("ReqTRES") or f.get("TRES", ""),
             )
         )
     return sorted(states, key=_task_order)
@@ -400,11 +467,14 @@ def wait(
 ) -> list[TaskState]:
     """Poll until every task of `job_ids` reached a final state; return them all.
 
+    `on_change` hears every new state, and every new reason a task pends for. A job pending for a reason
+    that waiting cannot resolve (`NEVER_STARTS`: it asks more than any node or the partition offers) is
+    cancelled and reported as BadInput (exit 2) naming the job, the reason and the request.
     A job whose tasks all ended is remembered and no longer asked about: scontrol forgets finished
     jobs after MinJobAge, while the rest of the plan may run for hours."""
     ids = list(job_ids)
     deadline = None if timeout is None else time.monotonic() + timeout
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     ended: dict[str, list[TaskState]] = {}
     while True:
         for jid in ids:
@@ -414,15 +484,19 @@ def wait(
             if not tasks:
                 raise StepFailed(f"Slurm job {jid} is unknown to scontrol (cancelled or purged?)")
             for t in tasks:
-                if on_change and seen.get(t.job_id) != t.state:
+                if on_change and seen.get(t.job_id) != (t.state, t.reason):
                     on_change(t)
-                seen[t.job_id] = t.state
+                seen[t.job_id] = (t.state, t.reason)
+            stuck = [t for t in tasks if t.never_starts]
+            if stuck:
+                _slurm_cmd(["scancel", jid], env)
+                raise NeverStarts(stuck[0])
             if all(t.state in FINAL_STATES for t in tasks):
                 ended[jid] = tasks
         if len(ended) == len(ids):
             return [t for jid in ids for t in ended[jid]]
         if deadline is not None and time.monotonic() > deadline:
-            pending = [f"{k}={v}" for k, v in seen.items() if v not in FINAL_STATES]
+            pending = [f"{k}={v[0]}" for k, v in seen.items() if v[0] not in FINAL_STATES]
             raise StepFailed(f"timed out waiting for Slurm jobs: {', '.join(pending)}")
         time.sleep(poll)
 
@@ -445,5 +519,8 @@ def launch_slurm(
         return result
     result.submitted = submit(out)
     if follow:
-        result.final = wait([j.job_id for j in result.submitted], on_change=on_change)
+        try:
+            result.final = wait([j.job_id for j in result.submitted], on_change=on_change)
+        except NeverStarts as exc:
+            result.never_starts = exc
     return result
