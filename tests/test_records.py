@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from neva_prep.data.prompts import choose_prompt, load_prompts
+from neva_prep.data.readers.base import Row
 from neva_prep.data.records import (
     WEBVID_PROMPT,
     ConvertOptions,
@@ -20,7 +21,6 @@ from neva_prep.data.records import (
     media_paths,
     validate_record,
 )
-from neva_prep.data.sources import Row
 from neva_prep.errors import BadInput
 
 HUMAN, GPT = "human", "gpt"

@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from neva_prep import storage
-from neva_prep.data import sources
+from neva_prep.data.readers import base, read_split
+from neva_prep.data.readers.base import Row
+from neva_prep.data.readers.files import expand_sources
+from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import ConvertOptions, RecordError, build_record, encode_record
-from neva_prep.data.sources import Row, expand_sources, read_split, splits_for_shard
 from neva_prep.errors import BadInput
 
 WEBVID = ConvertOptions("webvid", "video")
@@ -41,12 +43,12 @@ def plain(rows: list[Row]) -> list[tuple[Any, str, str | None]]:
 @contextlib.contextmanager
 def tiny_chunks(size: int) -> Iterator[None]:
     """Make the readers' chunks a few bytes long so that every carry-over path runs on tiny files."""
-    old = sources.CHUNK, sources.READ
-    sources.CHUNK = sources.READ = size
+    old = base.CHUNK, base.READ
+    base.CHUNK = base.READ = size
     try:
         yield
     finally:
-        sources.CHUNK, sources.READ = old
+        base.CHUNK, base.READ = old
 
 
 # --- CSV ---------------------------------------------------------------------------------------------------

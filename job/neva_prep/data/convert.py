@@ -22,6 +22,10 @@ import orjson
 from neva_prep import storage
 from neva_prep.data import shards
 from neva_prep.data.media import MediaRoot
+from neva_prep.data.readers import check_split, read_split
+from neva_prep.data.readers.base import Split
+from neva_prep.data.readers.files import expand_sources, file_identity
+from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import (
     DUPLICATE_KEY,
     ConvertOptions,
@@ -29,14 +33,6 @@ from neva_prep.data.records import (
     encode_record,
     media_paths,
     record_builder,
-)
-from neva_prep.data.sources import (
-    Split,
-    check_split,
-    expand_sources,
-    file_identity,
-    read_split,
-    splits_for_shard,
 )
 from neva_prep.data.stats import Lengths, record_lengths, sorted_counts
 from neva_prep.errors import BadInput
@@ -249,7 +245,8 @@ def _write_shard(
             )
         )
         records, index, rejects = out.records, out.index, out.rejects
-        progress = stack.enter_context(Reporter(label, None, unit="rows"))
+        progress = stack.enter_context(Reporter(label, sum(s.end - s.start for s in splits)))
+        stack.enter_context(storage.reporting_reads(progress.reading(splits)))  # bytes read of the splits
         for ordinal, split in enumerate(splits):
             rows = converted = rejected = 0
             records_start, rejects_start, index_start = out.records_pos, out.rejects_pos, total_converted
@@ -280,7 +277,7 @@ def _write_shard(
                     index.append(pack(rid, key, row.split_row, *record_lengths(record)))
                 if rows % _FLUSH_ROWS == 0:
                     out.flush()
-                    progress.advance(_FLUSH_ROWS)
+                    progress.advance(0, _FLUSH_ROWS, "rows")
                 if crash_after and total_rows + rows >= crash_after:
                     out.flush()
                     for f in out.files:

@@ -31,7 +31,7 @@ from neva_prep.data.prompts import choose_prompt, load_prompts
 from neva_prep.errors import BadInput
 
 if TYPE_CHECKING:
-    from neva_prep.data.sources import Row
+    from neva_prep.data.readers.base import Row
 
 MEDIA = ("image", "video")
 PLACEHOLDER = {"image": "<image>", "video": "<video>"}

@@ -29,7 +29,7 @@ import numpy as np
 import orjson
 
 from neva_prep import storage
-from neva_prep.data.sources import Split
+from neva_prep.data.readers.base import Split
 from neva_prep.data.stats import LENGTHS, Lengths, Summary
 from neva_prep.errors import StepFailed
 

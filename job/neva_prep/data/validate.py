@@ -20,9 +20,11 @@ import orjson
 
 from neva_prep import storage
 from neva_prep.data.media import MediaRoot
+from neva_prep.data.readers import check_split, read_split
+from neva_prep.data.readers.files import expand_sources
+from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import ConvertOptions, RecordError, media_paths, row_error, validate_record
 from neva_prep.data.shards import content_key, id_key
-from neva_prep.data.sources import check_split, expand_sources, read_split, splits_for_shard
 from neva_prep.data.stats import sorted_counts
 from neva_prep.errors import BadInput
 from neva_prep.progress import Reporter

@@ -9,8 +9,9 @@ from typing import Any
 import orjson
 
 from neva_prep import storage
+from neva_prep.data.readers import read_split
+from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import ConvertOptions
-from neva_prep.data.sources import read_split, splits_for_shard
 from neva_prep.errors import BadInput
 
 

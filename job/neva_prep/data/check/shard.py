@@ -28,9 +28,12 @@ from neva_prep.data.check.options import CheckOptions
 from neva_prep.data.check.templates import Prompt, prompt, template_findings
 from neva_prep.data.check.tokens import Tokenizer, load_tokenizer
 from neva_prep.data.media import MediaRoot
+from neva_prep.data.readers import read_split
+from neva_prep.data.readers.base import Row
+from neva_prep.data.readers.files import expand_sources
+from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import ConvertOptions, RecordError, check_path, row_error, validate_record
 from neva_prep.data.shards import shard_name
-from neva_prep.data.sources import Row, expand_sources, read_split, splits_for_shard
 from neva_prep.data.stats import sorted_counts
 from neva_prep.errors import BadInput
 from neva_prep.progress import Reporter
