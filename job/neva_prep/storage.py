@@ -11,11 +11,12 @@ The S3 endpoint may be set with ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import fsspec
@@ -146,11 +147,62 @@ def glob(pattern: str) -> list[str]:
     return [p if _SCHEME.match(p) else f"{proto}://{p}" for p in found]
 
 
+_READ_POSITIONS: contextvars.ContextVar[Callable[[str, int], None] | None] = contextvars.ContextVar(
+    "neva_prep_read_positions", default=None
+)
+
+
+@contextlib.contextmanager
+def reporting_reads(callback: Callable[[str, int], None]) -> Iterator[None]:
+    """While active, files opened with `open_read` call `callback(url, position)` after every read.
+
+    This is how a step whose readers only hand out rows shows progress in bytes: the readers read in
+    large chunks, so the call costs nothing measurable."""
+    token = _READ_POSITIONS.set(callback)
+    try:
+        yield
+    finally:
+        _READ_POSITIONS.reset(token)
+
+
+class _ReportingFile:
+    """A read-only file that reports its position after each read; everything else is the file's own."""
+
+    def __init__(self, f: IO[Any], url: str, callback: Callable[[str, int], None]) -> None:
+        self._f = f
+        self._url = url
+        self._callback = callback
+
+    def read(self, *args: Any) -> Any:
+        data = self._f.read(*args)
+        self._callback(self._url, self._f.tell())
+        return data
+
+    def readinto(self, buffer: Any) -> Any:
+        n = self._f.readinto(buffer)  # type: ignore[attr-defined]
+        self._callback(self._url, self._f.tell())
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._f)
+
+    def __enter__(self) -> _ReportingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._f.close()
+
+
 def open_read(url: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:
     """Open `url` for reading; a missing or unreadable source is bad input (exit 2)."""
     fs = filesystem(url)
     try:
-        return fs.open(_path(url, fs), mode, **kwargs)  # type: ignore[no-any-return]
+        f = fs.open(_path(url, fs), mode, **kwargs)
+        callback = _READ_POSITIONS.get()
+        return _ReportingFile(f, url, callback) if callback else f  # type: ignore[return-value]
     except FileNotFoundError:
         raise BadInput(f"{redact(url)}: no such file") from None
     except IsADirectoryError:

@@ -284,6 +284,7 @@ def _write_shard(
                         f.flush()
                     os._exit(137)
             out.flush()
+            progress.advance(0, rows % _FLUSH_ROWS, "rows")
             total_rows += rows
             total_converted += converted
             total_rejected += rejected

@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -29,6 +30,7 @@ from neva_prep.launch.plan import (
     model_argv,
     shard_argv,
 )
+from neva_prep.progress import INTERVAL_ENV
 
 NEVA_PREP = [sys.executable, "-m", "neva_prep.cli"]
 
@@ -186,12 +188,30 @@ def check_tasks(plan: Plan) -> tuple[dict[str, list[Task]], dict[str, Task]]:
     return starts, merges
 
 
-def _execute(task: Task) -> Outcome:
+LIVE_INTERVAL_S = "10"
+"""Progress lines of the commands `launch local` runs come this often (unless $NEVA_PREP_PROGRESS_S says)."""
+
+
+def _execute(task: Task, echo: Callable[[str], None]) -> Outcome:
+    """Run one command; its stderr (progress lines, errors) is shown live, prefixed with the task's label."""
     argv = NEVA_PREP + task.argv[1:] if task.argv[:1] == ["neva-prep"] else task.argv
     env = {k: v for k, v in os.environ.items() if k not in ("JOB_COMPLETION_INDEX", "SLURM_ARRAY_TASK_ID")}
+    env.setdefault(INTERVAL_ENV, LIVE_INTERVAL_S)
     start = time.monotonic()
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
-    return Outcome(task, proc.returncode, time.monotonic() - start, proc.stdout, proc.stderr)
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        out, err = proc.stdout, proc.stderr
+        assert out is not None and err is not None
+        stdout: list[str] = []
+        reader = threading.Thread(target=lambda: stdout.append(out.read()), daemon=True)
+        reader.start()
+        stderr: list[str] = []
+        for line in err:
+            stderr.append(line)
+            if line.strip():
+                echo(f"  [{task.label}] {line.rstrip()}")
+        reader.join()
+        returncode = proc.wait()
+    return Outcome(task, returncode, time.monotonic() - start, "".join(stdout), "".join(stderr))
 
 
 def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None] = print) -> LocalRun:
@@ -211,8 +231,17 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
     result = LocalRun(plan)
     total = len(first) + len(merges) + sum(map(len, exports.values())) + sum(map(len, checks.values()))
     echo(f"running {total} command(s) with {workers} worker(s)")
+    lock = threading.Lock()
+
+    def live(line: str) -> None:  # from the worker threads: a running command's stderr, as it comes
+        with lock:
+            echo(line)
+
+    def execute(task: Task) -> Outcome:
+        return _execute(task, live)
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: set[Future[Outcome]] = {pool.submit(_execute, t) for t in first}
+        pending: set[Future[Outcome]] = {pool.submit(execute, t) for t in first}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in sorted(done, key=lambda f: f.result().task.label):
@@ -226,9 +255,9 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
                     continue
                 if outcome.task.merge:
                     if outcome.ok and name in exports:  # the dataset's Energon export follows its merge
-                        pending |= {pool.submit(_execute, t) for t in exports[name]}
+                        pending |= {pool.submit(execute, t) for t in exports[name]}
                     if outcome.ok and name in checks:  # and its data check
-                        pending |= {pool.submit(_execute, t) for t in checks[name]}
+                        pending |= {pool.submit(execute, t) for t in checks[name]}
                     continue
                 remaining[name] -= 1
                 if not outcome.ok:
@@ -237,5 +266,5 @@ def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None
                     if name in failed:
                         result.skipped.append(f"{name} merge (a shard failed)")
                     else:
-                        pending.add(pool.submit(_execute, merges[name]))
+                        pending.add(pool.submit(execute, merges[name]))
     return result

@@ -1,0 +1,96 @@
+"""Progress in logs, from real runs: time-stamped lines with percentage, rate and time left; `launch local`
+showing each running command's lines as they come, prefixed with its label."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from conftest import neva
+from neva_prep.progress import duration, size
+
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+LINE = re.compile(
+    r"^(?P<label>.+?): (?P<pct>\d+)% \((?P<done>[\d.,]+ \S+) of (?P<total>[\d.,]+ \S+)\), [\d.,]+ \S+/s"
+    r"(, \S+ left|, done in \S+)(, (?P<items>[\d,]+) (?P<what>\w+))?$"
+)
+FAST = {"NEVA_PREP_PROGRESS_S": "0"}  # a line on every update: the format is what is tested here
+
+
+def webvid_csv(path: Path, rows: int) -> Path:
+    lines = ["videoid,name,page_dir"] + [
+        f"{i},a clip of thing number {i} in a field,dir{i % 7}" for i in range(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def progress_lines(stderr: str, label: str) -> list[re.Match[str]]:
+    found = []
+    for line in stderr.splitlines():
+        stamp, _, rest = line.partition(" ")
+        assert re.fullmatch(STAMP, stamp), line
+        m = LINE.match(rest)
+        assert m, line
+        assert m["label"] == label
+        found.append(m)
+    return found
+
+
+def test_data_convert_and_merge_log_lines(tmp_path: Path) -> None:
+    src = webvid_csv(tmp_path / "webvid.csv", 60_000)  # ~3.5 MB: several 4 MiB-or-less reads and flushes
+    dst = tmp_path / "out"
+    r = neva("data", "convert", str(src), str(dst), "--from", "webvid", "--media", "video", env=FAST)
+    assert r.returncode == 0, r.stderr
+    lines = progress_lines(r.stderr, "data convert shard 0/1")
+    assert len(lines) >= 3
+    pcts = [int(m["pct"]) for m in lines]
+    assert pcts == sorted(pcts) and pcts[-1] == 100  # bytes of the split, read in order, to the end
+    header = len("videoid,name,page_dir\n")
+    assert {m["total"] for m in lines} == {size(src.stat().st_size - header)}  # the split: all but the header
+    assert lines[-1]["items"] == "60,000"  # the last line counts every row
+    assert any(m["what"] == "rows" for m in lines)
+
+    r = neva("data", "merge", str(dst), "--name", "w", env=FAST)
+    assert r.returncode == 0, r.stderr
+    lines = progress_lines(r.stderr, "data merge w")
+    assert lines and lines[-1]["pct"] == "100" and lines[-1]["total"] == "60,000 rows"
+
+
+def test_log_lines_are_rare_by_default(tmp_path: Path) -> None:
+    """Without the test setting, a short step prints no progress at all (at most one line every 30 s)."""
+    src = webvid_csv(tmp_path / "webvid.csv", 5_000)
+    r = neva("data", "convert", str(src), str(tmp_path / "out"), "--from", "webvid", "--media", "video")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_launch_local_shows_running_commands_progress(tmp_path: Path) -> None:
+    src = webvid_csv(tmp_path / "webvid.csv", 20_000)
+    plan = tmp_path / "plan.yaml"
+    dataset = {"name": "w", "source": str(src), "from": "webvid", "media": "video", "shards": 2}
+    plan.write_text(yaml.safe_dump({"output": str(tmp_path / "out"), "datasets": [dataset]}))
+    r = neva("launch", "local", str(plan), "--workers", "2", env=FAST)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout.splitlines()
+    for i, label in ((1, "w 1/2"), (2, "w 2/2")):
+        live = [n for n, line in enumerate(out) if line.startswith(f"  [{label}] ")]
+        assert live, r.stdout
+        progress_lines(
+            "\n".join(out[n].removeprefix(f"  [{label}] ") for n in live), f"data convert shard {i - 1}/2"
+        )
+        ended = next(n for n, line in enumerate(out) if line.startswith(f"[{label}] ok"))
+        assert max(live) < ended  # shown while it ran, not after
+    assert any(line.startswith("  [w merge] ") and "data merge w" in line for line in out)
+
+
+def test_human_numbers() -> None:
+    assert [size(n) for n in (0, 512, 2048, 5 * 2**20 + 2**19, 3 * 2**30)] == [
+        "0 B",
+        "512 B",
+        "2.0 KiB",
+        "5.5 MiB",
+        "3.00 GiB",
+    ]
+    assert [duration(s) for s in (4.4, 187, 7500)] == ["4s", "3m07s", "2h05m"]
