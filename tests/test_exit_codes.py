@@ -12,6 +12,7 @@ cases then run the command as the unprivileged user `nobody` (setpriv), which is
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,31 @@ def test_every_command_has_a_row_and_documents_the_contract() -> None:
         text, _ = help_text(name)
         assert " ".join(EXIT_CODES_HELP.split()) in " ".join(text.split()), name
         assert "<bool>" not in text, name
+
+
+def test_readme_lists_every_command_with_every_option() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Exit codes") :][:2000]
+    for code, meaning in (
+        ("0", "done, or already complete"),
+        ("1", "a retry may help"),
+        ("2", "bad input or unusable destination"),
+        ("3", "a check ran and found problems"),
+    ):  # the README says what every --help says
+        assert f"{code}  " in EXIT_CODES_HELP and meaning in EXIT_CODES_HELP.replace("failed; ", "")
+        assert re.search(rf"\| \*\*{code}\*\* \|[^|]*{re.escape(meaning)}", section), code
+    rows = [line for line in readme.splitlines() if line.startswith("| `neva-prep ")]
+    for name in COMMANDS:
+        first, *rest = name.split()
+        own = [r for r in rows if r.startswith((f"| `neva-prep {name} ", f"| `neva-prep {name}`"))]
+        if not own and rest:  # `plan init` / `plan check PLAN`: two commands in one row
+            own = [r for r in rows if r.startswith(f"| `neva-prep {first} ") and f"`{first} {rest[0]}" in r]
+        assert own, f"README's command table has no row for `neva-prep {name}`"
+        usage = re.split(r"(?<!\\)\|", own[0])[1]  # the first cell; `\|` inside it is an escaped bar
+        _, cmd = help_text(name)
+        for param in cmd.params:  # type: ignore[attr-defined]
+            if param.param_type_name == "option" and param.name != "help":
+                assert param.opts[0] in usage, (name, param.opts[0])
 
 
 def test_choices_are_shown_as_their_values() -> None:
