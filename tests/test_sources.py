@@ -389,3 +389,73 @@ def test_webvid_and_llava_from_s3(s3: str, tmp_path: Path) -> None:
     assert [r.value for r in read_all(json_url, "llava", LLAVA, shards=5)] == llava
     assert expand_sources(storage.join(s3, "webvid/*.csv")) == [csv_url]
     assert encode_record(records[0]).startswith(b'{"id":"0","video":"000001_000050/0.mp4"')
+
+
+# --- JSON array split edges: guessed, then proven -----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def bytes_read() -> Iterator[list[int]]:
+    """Count the bytes the readers read (every `storage.open_read` file), in total."""
+    total = [0]
+    real = storage.open_read
+
+    class Counting(io.RawIOBase):
+        def __init__(self, f: Any) -> None:
+            self.f = f
+
+        def read(self, n: int = -1) -> bytes:
+            data: bytes = self.f.read(n)
+            total[0] += len(data)
+            return data
+
+        def seek(self, pos: int, whence: int = 0) -> int:
+            return int(self.f.seek(pos, whence))
+
+        def readable(self) -> bool:
+            return True
+
+        def seekable(self) -> bool:
+            return True
+
+    @contextlib.contextmanager
+    def counting(url: str) -> Iterator[Any]:
+        with real(url) as f:
+            yield Counting(f)
+
+    storage.open_read = counting  # type: ignore[assignment]
+    try:
+        yield total
+    finally:
+        storage.open_read = real  # type: ignore[assignment]
+
+
+def test_json_array_shard_reads_its_share_not_the_prefix(tmp_path: Path) -> None:
+    # The last of 4 shards used to scan the 3/4 of the file before its range to learn the bracket depth:
+    # 4 shards then read ~2.5 file sizes and shard 3 took as long as a whole run.
+    records = [
+        {"id": str(i), "image": f"d/{i}.jpg", "conversations": [{"from": "human", "value": "<image>\nq"}]}
+        for i in range(20_000)
+    ]
+    path = tmp_path / "big.json"
+    path.write_bytes(orjson.dumps(records, option=orjson.OPT_INDENT_2))
+    size = path.stat().st_size
+    with tiny_chunks(2**16), bytes_read() as total:
+        rows = list(read_split(splits_for_shard([str(path)], "llava", 4, 3)[0], "llava", LLAVA))
+    assert total[0] < size / 4 + 4 * 2**16  # its share, the two edge windows, the closing bracket
+    with tiny_chunks(2**16):
+        every = read_all(str(path), "llava", LLAVA, shards=4)
+    assert [r.value for r in every] == records
+    assert [r.value for r in rows] == records[len(records) - len(rows) :]
+
+
+def test_json_array_separators_inside_strings(tmp_path: Path) -> None:
+    # strings full of `},{` separators, also made of JSON that parses: a guessed edge is proven or refused
+    fake = '"}, {"id": "x"}, {"id": "y"}, {"v": "'
+    records = [{"id": str(i), "text": fake * (i % 5), "n": [{"a": "}, {"}] * (i % 3)} for i in range(3000)]
+    path = tmp_path / "x.json"
+    for data in (orjson.dumps(records), orjson.dumps(records, option=orjson.OPT_INDENT_2)):
+        path.write_bytes(data)
+        for shards in (2, 3, 7):
+            with tiny_chunks(4096):
+                assert [r.value for r in read_all(str(path), "llava", LLAVA, shards)] == records

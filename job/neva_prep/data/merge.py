@@ -86,6 +86,19 @@ def read_range(url: str, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
+def read_line_blocks(url: str, offset: int, length: int) -> Iterator[bytes]:
+    """A byte range that ends with a newline, as blocks of whole lines (each ending with its newline)."""
+    tail = b""
+    for chunk in read_range(url, offset, length):
+        data = tail + chunk if tail else chunk
+        cut = data.rfind(b"\n") + 1
+        tail = data[cut:]
+        if cut:
+            yield data if cut == len(data) else data[:cut]
+    if tail:
+        raise StepFailed(f"{storage.redact(url)}: a record range does not end on a line; re-run the shard")
+
+
 def read_line_batches(url: str, offset: int, length: int) -> Iterator[list[bytes]]:
     """The lines (without newline) of a byte range that ends with a newline, a chunk's worth at a time."""
     tail = b""
@@ -246,24 +259,27 @@ def merge_shards(
             offsets[file_index] = row_offset + split["rows"]
             shard_rejects = _shard_rejects(directory, split)
             pending = next(shard_rejects, None)
-            batches = read_line_batches(
+            blocks = read_line_blocks(
                 storage.join(directory, shards.RECORDS), split["records_offset"], split["records_bytes"]
             )
             index = _IndexStream(
                 storage.join(directory, shards.INDEX), split["index_offset"], split["converted"]
             )
             kept = 0
-            for lines in batches:
-                entries = index.take(len(lines))
-                progress.advance(len(lines))
-                keep = plan.keep[at : at + len(lines)]
-                new_ids = plan.new_ids(at, len(lines))
-                at += len(lines)
-                if not new_ids and keep.all():  # the common case, with no per-record Python
-                    writer.add(lines)
+            for block in blocks:
+                count = block.count(b"\n")
+                entries = index.take(count)
+                progress.advance(count)
+                keep = plan.keep[at : at + count]
+                new_ids = plan.new_ids(at, count)
+                at += count
+                if not new_ids and keep.all():  # the common case: the block as it is, no record split off
+                    writer.add_block(block, count)
                     lengths.merge(shards.index_lengths(entries))
-                    kept += len(lines)
+                    kept += count
                     continue
+                lines = block.split(b"\n")
+                lines.pop()
                 out_lines = []
                 for j, (line, k) in enumerate(zip(lines, keep.tolist(), strict=True)):
                     if k:
@@ -510,6 +526,13 @@ class _ArrayWriter:
         if records:
             self.f.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(records))
             self.count += len(records)
+
+    def add_block(self, block: bytes, count: int) -> None:
+        """`count` records, each ending with a newline: written with one C-speed replace, no split."""
+        if count:
+            self.f.write(b"[\n" if self.count == 0 else b",\n")
+            self.f.write(memoryview(block.replace(b"\n", b",\n"))[:-2])
+            self.count += count
 
     def close(self) -> None:
         self.f.write(b"\n]\n" if self.count else b"[]\n")

@@ -125,24 +125,69 @@ def _checked_boundary(f: IO[bytes], source: str, known: int, depth: int, pos: in
     return at
 
 
+def split_boundary(f: IO[bytes], source: str, pos: int, close: int) -> int:
+    """The element boundary that a split edge at `pos` stands for; the shard before it ends there and the
+    shard after it starts there (both call this, so they agree).
+
+    Near the file start it is exact (`_boundary` scans the short prefix). Further in, scanning the prefix
+    would make shard i read i/N of the file before its own share (the reason 2 shards once took as long as
+    1): the boundary is then *guessed* (`_guessed_boundary`: the first `},{` at or after `pos` that starts a
+    run of elements orjson parses) and *proven* by the shard before, which reaches it by exact parsing from
+    its own proven start and refuses (BadInput) a block that does not end on a top-level element."""
+    if pos >= close:
+        return close
+    if pos > 2 * base.READ:
+        guessed = _guessed_boundary(f, pos, close)
+        if guessed is not None:
+            return guessed
+    at, depth = _boundary(f, source, 0, 0, pos)
+    if depth == 0 and at != close:
+        raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {at} (unbalanced brackets)")
+    return at
+
+
+_SEPARATOR = re.compile(rb"\}[ \t\r\n]*,(?=[ \t\r\n]*\{)")
+_TRIES = 8
+
+
+def _guessed_boundary(f: IO[bytes], pos: int, close: int) -> int | None:
+    """The offset after the first `}` `,` `{` separator at or after `pos` such that the elements from there
+    to the last separator of a window (or to the closing bracket) parse; None after `_TRIES` failures or
+    with no separator in the window (elements that are not objects, or huge ones): scan exactly then."""
+    window = max(base.READ, 2**16)
+    origin = max(0, pos - 64)
+    f.seek(origin)
+    data = f.read(min(pos - origin + window, close - origin))
+    reaches_close = origin + len(data) >= close
+    ends = [m.end() for m in _SEPARATOR.finditer(data, pos - 1 - origin)]
+    for i, cut in enumerate(ends[:_TRIES]):
+        if origin + cut < pos:
+            continue
+        last = len(data) if reaches_close else (ends[-1] - 1 if ends[-1] > cut else None)
+        if last is None:
+            return None
+        try:
+            values = orjson.loads(b"[" + data[cut:last] + b"]")
+        except orjson.JSONDecodeError:
+            continue
+        if values and all(type(v) is dict for v in values) and (reaches_close or i + 1 < len(ends)):
+            return origin + cut
+    return None
+
+
 def read_json_array(split: Split) -> Iterator[Row]:
     """Elements whose boundary lies in the split, parsed by orjson a block (~4 MiB of whole elements) at a
     time, so memory stays at a block and one element. Block ends are guessed and proven by the parse
-    (`_guess_block`); only the block that reaches the split end (or a failed guess) is scanned exactly."""
+    (`_guess_block`); the split's ends are `split_boundary`s, the last block proving the end one."""
     source = split.source
     with storage.open_read(source) as f:
         close = array_close(f, source)  # ranges stop at the closing bracket, so every scan meets it
-        lo, hi = min(split.start, close), min(split.end, close)
-        start, depth = _boundary(f, source, 0, 0, lo)
-        if depth == 0 and start != close:
-            raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {start} (unbalanced brackets)")
-        if start >= hi:  # no element starts in this range
-            return
+        start = split_boundary(f, source, min(split.start, close), close)
+        end = split_boundary(f, source, min(split.end, close), close)
         n = 0
         block_start = start
-        last = False
-        while not last and block_start < hi:  # a boundary at `hi` itself belongs to the next split
-            if hi - block_start > base.READ:
+        while block_start < end:
+            if end - block_start > base.READ:
                 guessed = _guess_block(f, block_start)
                 if guessed is not None:
                     cut, values = guessed
@@ -151,11 +196,11 @@ def read_json_array(split: Split) -> Iterator[Row]:
                         yield Row(source, n, value, None, None)
                     block_start = cut
                     continue
-                block_end = _checked_boundary(f, source, block_start, 1, block_start + base.READ, close)
-                last = block_end >= hi  # no boundary in [block_start + READ, block_end) ⊇ [hi, block_end)
+                block_end = min(
+                    _checked_boundary(f, source, block_start, 1, block_start + base.READ, close), end
+                )
             else:
-                block_end = _checked_boundary(f, source, block_start, 1, hi, close)
-                last = True
+                block_end = end
             f.seek(block_start)
             data = f.read(block_end - block_start).rstrip(b" \t\r\n")
             if block_end != close:  # the block ends just after a top-level comma
@@ -163,7 +208,8 @@ def read_json_array(split: Split) -> Iterator[Row]:
             try:
                 values = orjson.loads(b"[" + data + b"]")
             except orjson.JSONDecodeError:
-                # rare: find the bad elements one by one (Python speed, this block only)
+                # rare: find the bad elements one by one (Python speed, this block only); a block that
+                # does not end on a top-level element (a guessed boundary proven wrong) is BadInput here
                 for element in _split_elements(data, source, block_start):
                     n += 1
                     yield _element_row(source, n, element)
