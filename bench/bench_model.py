@@ -1,11 +1,12 @@
 """Model-step benchmark: `neva-prep checkpoint convert` against copying the same safetensors files.
 
     python bench/bench_model.py [--dir /tmp/neva-bench-model] [--shape 7b|70b-slice] [--layers N]
-                                [--repeats 3] [--precision 16] [--keep]
+                                [--repeats 3] [--precision 16] [--keep] [--sha256]
 
 In the same run and alternating (copy, convert, copy, convert, …), each command in its own process:
   copy     `cp` of the *.safetensors files into --dir/out, then `sync -f` on the output (the floor)
   convert  `python -m neva_prep.cli checkpoint convert SRC --dir/out/model.nemo` (fsyncs before renaming)
+  convert+sha256 (--sha256)  the same conversion hashing what it writes, as the model step runs it
 Before every run the inputs are evicted from the page cache (fdatasync + POSIX_FADV_DONTNEED) and the
 previous output is deleted. Peak RSS is the child's ru_maxrss (wait4), what `/usr/bin/time -v` reports.
 The synthetic checkpoint is generated once into --dir/<shape> by `make_llama.py` (13.5 GB for 7b).
@@ -25,6 +26,11 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+# the conversion as the model step runs it: hashing every byte as it is written (for the manifest)
+HASHED = (
+    "import sys; from neva_prep.model.convert import convert_checkpoint as c; "
+    "c(sys.argv[1], sys.argv[2], precision=sys.argv[3], sha256=True)"
+)
 
 
 def evict(paths: list[Path]) -> None:
@@ -57,6 +63,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="16")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic checkpoint afterwards")
+    ap.add_argument(
+        "--sha256", action="store_true", help="also time the conversion as the model step runs it (hashing)"
+    )
     args = ap.parse_args()
     src = args.dir / (args.shape + (f"-{args.layers}l" if args.layers else ""))
     out = args.dir / "out"
@@ -70,14 +79,16 @@ def main() -> None:
     inputs = [*shards, *(src / n for n in ("config.json", "tokenizer.model", "model.safetensors.index.json"))]
     size = sum(p.stat().st_size for p in shards)
     nemo = out / "model.nemo"
-    runs: dict[str, list[tuple[float, int]]] = {"copy": [], "convert": []}
+    names = ["copy", "convert", *(["convert+sha256"] if args.sha256 else [])]
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in names}
     commands = {
         "copy": ["sh", "-c", f'cp {" ".join(map(str, shards))} "{out}/" && sync -f "{out}"'],
         "convert": [sys.executable, "-m", "neva_prep.cli", "checkpoint", "convert", str(src), str(nemo),
                     "--precision", args.precision],
+        "convert+sha256": [sys.executable, "-c", HASHED, str(src), str(nemo), args.precision],
     }  # fmt: skip
     for i in range(args.repeats):
-        for name in ("copy", "convert"):
+        for name in names:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
             os.sync()
@@ -98,6 +109,7 @@ def main() -> None:
         "spread_s": spread,
         "peak_rss_bytes": peak,
         "ratio_convert_to_copy": med["convert"] / med["copy"],
+        **({"ratio_convert_sha256_to_copy": med["convert+sha256"] / med["copy"]} if args.sha256 else {}),
     }
     print(json.dumps(report, indent=2))
     print(
@@ -108,6 +120,13 @@ def main() -> None:
         f"{spread['convert'][1]:.1f} s | {peak['convert'] / 2**20:.0f} MiB |\n"
         f"ratio convert / copy: {report['ratio_convert_to_copy']:.2f}"
     )
+    if args.sha256:
+        lo, hi = spread["convert+sha256"]
+        print(
+            f"| convert + sha256 (model step) | {med['convert+sha256']:.1f} s | {lo:.1f}-{hi:.1f} s | "
+            f"{peak['convert+sha256'] / 2**20:.0f} MiB |\n"
+            f"ratio convert+sha256 / copy: {report['ratio_convert_sha256_to_copy']:.2f}"
+        )
     if not args.keep:
         shutil.rmtree(src, ignore_errors=True)
 

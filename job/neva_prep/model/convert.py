@@ -2,9 +2,9 @@
 
 Everything about the source is checked before the destination is opened; the tar is then written straight
 to `storage.atomic_write(destination)` (no local temporary copy for object storage), so a failure at any
-point leaves nothing at the destination. Every byte written is hashed (the sha256 the model step records)
-and every weight checked for NaN/Inf on the way (`finite.py`, `digest.py`). Memory stays near one slice
-(64 MiB) or one fused QKV weight.
+point leaves nothing at the destination. Every weight is checked for NaN/Inf on the way, and with
+`sha256=True` (the model step, which records it) every byte written is hashed (`finite.py`, `digest.py`).
+Memory stays near one slice (64 MiB) or one fused QKV weight.
 """
 
 from __future__ import annotations
@@ -42,15 +42,14 @@ class ConvertResult:
     bytes_written: int
     seconds: float
     tokenizer_member: str  # the ./<hex>_tokenizer.model member name
-    sha256: str  # of the whole .nemo, computed while writing it
+    sha256: str  # of the whole .nemo, computed while writing it ("" unless asked for)
 
     def summary(self) -> str:
         gib = self.bytes_written / 2**30
         return (
             f"wrote {storage.redact(self.destination)} ({self.layout} layout, precision {self.precision}): "
-            f"{self.tensors} tensors, {gib:.2f} GiB in {self.seconds:.1f}s\n"
-            f"tokenizer member: {self.tokenizer_member}\n"
-            f"sha256: {self.sha256}"
+            f"{self.tensors:,} tensors, {gib:.2f} GiB in {self.seconds:.1f}s\n"
+            f"tokenizer member: {self.tokenizer_member}" + (f"\nsha256: {self.sha256}" if self.sha256 else "")
         )
 
 
@@ -203,9 +202,16 @@ class _Producer:
 
 
 def convert_checkpoint(
-    source: str, destination: str, *, precision: str = "16", device: str = "auto", layout: str = "mcore"
+    source: str,
+    destination: str,
+    *,
+    precision: str = "16",
+    device: str = "auto",
+    layout: str = "mcore",
+    sha256: bool = False,
 ) -> ConvertResult:
-    """Convert the HF LLaMA directory `source` into the `.nemo` file `destination` (local or URL)."""
+    """Convert the HF LLaMA directory `source` into the `.nemo` file `destination` (local or URL); with
+    `sha256`, hash the bytes as they are written (`ConvertResult.sha256`)."""
     start = time.monotonic()
     if precision not in DTYPES:
         raise BadInput(f"--precision must be one of 16, bf16, 32, got {precision!r}")
@@ -235,7 +241,7 @@ def convert_checkpoint(
             Reporter(f"convert {storage.redact(source)}", total) as progress,
             storage.atomic_write(destination) as f,
             produce.readahead,
-            StreamDigest(produce.inspect_range) as digest,
+            StreamDigest(produce.inspect_range, sha256=sha256) as digest,
         ):
             tar = TarStream(f, digest)
             for m in members:
@@ -258,7 +264,7 @@ def convert_checkpoint(
                 digest.check()
             tar.close()
             written = tar.pos
-            sha256 = digest.hexdigest()  # waits for the NaN/Inf check of the last bytes: before the commit
+            hexdigest = digest.hexdigest()  # waits for the NaN/Inf check of the last bytes: before the commit
     return ConvertResult(
         destination=destination,
         layout=layout,
@@ -267,5 +273,5 @@ def convert_checkpoint(
         bytes_written=written,
         seconds=time.monotonic() - start,
         tokenizer_member=tok_member,
-        sha256=sha256,
+        sha256=hexdigest,
     )

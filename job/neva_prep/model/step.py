@@ -54,7 +54,7 @@ class ModelResult:
         head = "already complete" if self.skipped else f"done in {self.seconds:.1f}s"
         lines = [
             f"model step {head}: {storage.redact(self.manifest)}",
-            f"  checkpoint: {storage.redact(self.nemo)} ({self.nemo_bytes} bytes)",
+            f"  checkpoint: {storage.redact(self.nemo)} ({self.nemo_bytes:,} bytes)",
             f"  sha256:     {self.nemo_sha256}",
             f"  tokenizer:  {storage.redact(self.tokenizer)} ({ids})",
         ]
@@ -259,7 +259,9 @@ def prepare_model(
     if replaced:  # said before hours of work, and again in the summary
         print(f"model step: replacing {replaced}", file=sys.stderr, flush=True)
     storage.remove(manifest_url)
-    converted = convert_checkpoint(source, nemo_url, precision=precision, device=device, layout=layout)
+    converted = convert_checkpoint(
+        source, nemo_url, precision=precision, device=device, layout=layout, sha256=True
+    )
     storage.write_bytes(tok_url, patched)
 
     # hashed while it was written: reading the file back would be a second full download on s3://
