@@ -192,7 +192,7 @@ def test_killed_shard_is_redone_without_duplicates(tmp_path: Path) -> None:
     assert "already done (skipped" in again.stdout
     r = neva("data", "merge", str(sharded), "--name", "one")
     assert r.returncode == 0, r.stderr
-    assert "3000 input rows, 3000 records, 0 rejected" in r.stdout
+    assert "3,000 input rows, 3,000 records, 0 rejected" in r.stdout  # one number format: 614,400
     assert (sharded / "one.json").read_bytes() == expected
 
     forced = neva(*base, "--shard-index", "1", "--force")

@@ -53,18 +53,18 @@ class MergeResult:
 
     def summary(self) -> str:
         line = (
-            f"merged {self.num_shards} shard(s): {self.input_rows} input rows, {self.converted} records,"
-            f" {self.rejected} rejected -> {storage.redact(self.output)}"
+            f"merged {self.num_shards} shard(s): {self.input_rows:,} input rows, {self.converted:,} records,"
+            f" {self.rejected:,} rejected -> {storage.redact(self.output)}"
         )
         if self.repeated_ids:
             line += (
-                f"\n  repeated ids: {self.repeated_ids} records share their id with an earlier record"
+                f"\n  repeated ids: {self.repeated_ids:,} records share their id with an earlier record"
                 " (kept: other content)"
             )
             if self.renamed_ids:
-                line += f"; {self.renamed_ids} renamed ID_k (--unique-ids suffix)"
+                line += f"; {self.renamed_ids:,} renamed ID_k (--unique-ids suffix)"
         if self.rejected_by_reason:
-            line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
+            line += "\n  rejected: " + ", ".join(f"{r}: {n:,}" for r, n in self.rejected_by_reason.items())
             line += f"\n  rejects: {storage.redact(self.rejects)}"
         return line
 
@@ -385,7 +385,7 @@ def _check_not_empty(
         reasons: Counter[str] = Counter()
         for s in shard_stats:
             reasons.update(s["rejected_by_reason"])
-        top = ", ".join(f"{r}: {n}" for r, n in list(sorted_counts(reasons).items())[:3])
+        top = ", ".join(f"{r}: {n:,}" for r, n in list(sorted_counts(reasons).items())[:3])
         raise BadInput(
             f"{storage.redact(destination)}: all {rows} input rows were rejected ({top}); nothing to merge"
             f" (the reasons are in {storage.redact(storage.join(destination, shards.SHARDS_DIR))}/*/"

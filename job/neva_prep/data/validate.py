@@ -49,16 +49,16 @@ class ValidateResult:
     def summary(self) -> str:
         verdict = "valid" if self.ok else "INVALID"
         line = (
-            f"{storage.redact(self.path)}: {verdict}: {self.records} records, {self.valid} valid,"
-            f" {self.invalid} invalid"
+            f"{storage.redact(self.path)}: {verdict}: {self.records:,} records, {self.valid:,} valid,"
+            f" {self.invalid:,} invalid"
         )
         if self.repeated_ids:
             line += (
-                f"\n  repeated ids: {self.repeated_ids} valid records share their id with an earlier one"
+                f"\n  repeated ids: {self.repeated_ids:,} valid records share their id with an earlier one"
                 " (distinct content: allowed)"
             )
         if self.invalid_by_reason:
-            line += "\n  invalid: " + ", ".join(f"{r}: {n}" for r, n in self.invalid_by_reason.items())
+            line += "\n  invalid: " + ", ".join(f"{r}: {n:,}" for r, n in self.invalid_by_reason.items())
         if self.report and not self.ok:
             line += f"\n  report: {storage.redact(self.report)}"
         return line

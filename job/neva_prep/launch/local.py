@@ -116,9 +116,9 @@ def _dataset_counts(plan: Plan, ds: DatasetSpec) -> tuple[str, str, str, str]:
         return ("-", "-", "-", "(not merged)")
     stats = json.loads(storage.read_text(stats_url))
     return (
-        str(stats.get("input_rows", "?")),
-        str(stats.get("converted", "?")),
-        str(stats.get("rejected", "?")),
+        f"{stats.get('input_rows', '?'):,}",
+        f"{stats.get('converted', '?'):,}",
+        f"{stats.get('rejected', '?'):,}",
         storage.redact(result),
     )
 

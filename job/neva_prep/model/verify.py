@@ -44,7 +44,7 @@ class VerifyResult:
         )
         return (
             f"OK {storage.redact(self.nemo)} matches {storage.redact(self.source)} "
-            f"({self.layout} layout, precision {self.precision}): {self.tensors} tensors equal; {logits}"
+            f"({self.layout} layout, precision {self.precision}): {self.tensors:,} tensors equal; {logits}"
         )
 
 

@@ -59,11 +59,11 @@ class ShardCheck:
 
     def summary(self) -> str:
         line = (
-            f"check shard {self.shard_index} of {self.num_shards}: {self.records} records, {self.findings}"
-            f" finding(s) -> {storage.redact(self.directory)} (combine with --merge)"
+            f"check shard {self.shard_index} of {self.num_shards}: {self.records:,} records,"
+            f" {self.findings:,} finding(s) -> {storage.redact(self.directory)} (combine with --merge)"
         )
         if self.by_reason:
-            line += "\n  findings: " + ", ".join(f"{r}: {n}" for r, n in self.by_reason.items())
+            line += "\n  findings: " + ", ".join(f"{r}: {n:,}" for r, n in self.by_reason.items())
         return line
 
 

@@ -175,11 +175,11 @@ class ExportShardResult:
         if self.skipped:
             head += " already done (skipped; --force to redo)"
         line = (
-            f"{head}: {self.exported} exported, {self.rejected} rejected in {self.tars} tar(s)"
-            f" (of {self.records} records) -> {storage.redact(self.directory)}"
+            f"{head}: {self.exported:,} exported, {self.rejected:,} rejected in {self.tars:,} tar(s)"
+            f" (of {self.records:,} records) -> {storage.redact(self.directory)}"
         )
         if self.rejected_by_reason:
-            line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
+            line += "\n  rejected: " + ", ".join(f"{r}: {n:,}" for r, n in self.rejected_by_reason.items())
         return line
 
     @classmethod
@@ -210,11 +210,11 @@ class EnergonResult:
     def summary(self) -> str:
         splits = ", ".join(f"{name}: {n}" for name, n in self.split_samples.items())
         line = (
-            f"energon dataset: {self.records} records, {self.exported} exported, {self.rejected} rejected,"
-            f" {self.tars} tar(s) ({splits}) -> {storage.redact(self.root)}"
+            f"energon dataset: {self.records:,} records, {self.exported:,} exported,"
+            f" {self.rejected:,} rejected, {self.tars:,} tar(s) ({splits}) -> {storage.redact(self.root)}"
         )
         if self.rejected_by_reason:
-            line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
+            line += "\n  rejected: " + ", ".join(f"{r}: {n:,}" for r, n in self.rejected_by_reason.items())
             line += f"\n  rejects: {storage.redact(storage.join(self.root, 'rejects.jsonl'))}"
         return line
 
