@@ -408,3 +408,16 @@ def test_unknown_option_value(name: str, base: Path, inputs: dict[str, Path]) ->
         assert sorted(str(p) for p in Path(dest).rglob("*")) == before
     else:
         nothing_at(dest)
+
+
+def test_debug_anywhere_shows_the_traceback_and_keeps_the_code(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.csv")
+    args = ["data", "convert", missing, str(tmp_path / "out"), "--from", "webvid", "--media", "video"]
+    plain = run(args)
+    assert plain.returncode == EXIT_BAD_INPUT and "Traceback" not in plain.stderr
+    for debug in (["--debug", *args], [*args, "--debug"]):
+        r = run(debug)
+        assert r.returncode == EXIT_BAD_INPUT, r.stderr
+        assert "Traceback" in r.stderr and f"BadInput: {missing}: no such file" in r.stderr
+    version = run(["--version"])
+    assert version.returncode == 0 and re.fullmatch(r"neva-prep \d+\.\d+\.\S+\n", version.stdout)
