@@ -115,10 +115,14 @@ def _dataset_counts(plan: Plan, ds: DatasetSpec) -> tuple[str, str, str, str]:
     if not storage.exists(stats_url) or not storage.exists(result):
         return ("-", "-", "-", "(not merged)")
     stats = json.loads(storage.read_text(stats_url))
+    def count(key: str) -> str:
+        value = stats.get(key)
+        return f"{value:,}" if isinstance(value, int) else "?"
+
     return (
-        f"{stats.get('input_rows', '?'):,}",
-        f"{stats.get('converted', '?'):,}",
-        f"{stats.get('rejected', '?'):,}",
+        count("input_rows"),
+        count("converted"),
+        count("rejected"),
         storage.redact(result),
     )
 
