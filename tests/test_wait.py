@@ -196,3 +196,66 @@ def test_a_failing_listing_is_retried_until_the_timeout(
     monkeypatch.setattr(wait_module, "shard_states", bad)
     with pytest.raises(BadInput):  # bad input is not retried
         wait_for_shards(str(tmp_path), 1, timeout=2, sleep=lambda s: None)
+
+
+def test_for_merge_waits_for_the_shards_then_a_stats_file_newer_than_them(tmp_path: Path) -> None:
+    """What a Kubernetes export or check runs first: a merged file of an earlier run does not count."""
+    dst = tmp_path / "webvid"
+    for i in ("0", "1"):
+        assert neva("data", "convert", WEBVID, str(dst), *CONVERT, "--shard-index", i).returncode == 0
+    assert neva("data", "merge", str(dst), "--name", "webvid").returncode == 0
+    done = neva("data", "wait", str(dst), "--num-shards", "2", "--for", "merge")
+    assert done.returncode == 0, done.stderr
+    assert f"the merge of {dst} finished (its 2 shard(s), then stats.json)" in done.stdout
+
+    # shard 1 runs again (its input changed): the old merge no longer counts until the merge runs again
+    os.utime(dst / "stats.json", (1, 1))
+    proc = _start_wait(str(dst), "--for", "merge", "--interval", "0.2", "--timeout", "120")
+    try:
+        assert _still_waiting(proc), proc.communicate()
+        assert neva("data", "merge", str(dst), "--name", "webvid").returncode == 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "all 2 shard(s) finished; waiting for the merge (stats.json)" in out
+
+    timed_out = neva("data", "wait", str(tmp_path / "none"), "--num-shards", "1", "--for", "merge",
+                     "--timeout", "0.5", "--interval", "0.2")  # fmt: skip
+    assert timed_out.returncode == 1
+    assert "the merge still not finished after 0.5s (waiting for 0)" in timed_out.stderr
+
+
+def test_for_merge_fails_with_2_when_a_shard_failed_with_bad_input(tmp_path: Path) -> None:
+    dst = tmp_path / "d"
+    record = dst / "shards/00000-of-00001.FAILED"
+    record.parent.mkdir(parents=True)
+    record.write_text("bad.csv, row 3: no caption\n")
+    r = neva("data", "wait", str(dst), "--num-shards", "1", "--for", "merge", "--timeout", "5")
+    assert r.returncode == 2 and "shard 0 of 1 failed with bad input: bad.csv, row 3: no caption" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("stage", "folder", "marker", "said"),
+    [
+        ("energon", "energon/parts", "DONE", "export shard(s)"),
+        ("check", "shards", "part.json", "check shard(s)"),
+    ],
+)
+def test_for_energon_and_check_wait_for_their_shards_markers(
+    stage: str, folder: str, marker: str, said: str, tmp_path: Path
+) -> None:
+    parts = tmp_path / folder
+    (parts / "00000-of-00002").mkdir(parents=True)
+    (parts / "00000-of-00002" / marker).write_text("{}")
+    (parts / "00001-of-00002").mkdir()
+    (parts / "00001-of-00002" / "other").write_text("{}")  # written before the marker: not finished
+    lines: list[str] = []
+    with pytest.raises(StepFailed, match=rf"{stage} shards still not finished after 2s \(waiting for 1\)"):
+        wait_module.wait_for_stage(str(tmp_path), 2, stage, timeout=2, interval=1, echo=lines.append,
+                                   sleep=lambda s: None)  # fmt: skip
+    assert lines == [f"1 of 2 {said} finished; waiting for 1"]
+    (parts / "00001-of-00002" / marker).write_text("{}")
+    r = neva("data", "wait", str(tmp_path), "--num-shards", "2", "--for", stage, "--timeout", "5")
+    assert r.returncode == 0, r.stderr
+    assert f"all 2 {stage + ' export' if stage == 'energon' else 'check'} shard(s) finished" in r.stdout

@@ -281,18 +281,27 @@ def data_merge(
 
 @data_app.command("wait")
 def data_wait(
-    dst: str = typer.Argument(..., metavar="DST", help="The DST of `data convert`."),
+    dst: str = typer.Argument(
+        ..., metavar="DST", help="The DST of data convert / merge / export energon, or a check's REPORT."
+    ),
     num_shards: int = typer.Option(..., "--num-shards", help="How many shards the run has."),
+    stage: Literal["shards", "merge", "energon", "check"] = typer.Option(
+        "shards",
+        "--for",
+        help="shards: data convert's; merge: the merge of DST (after its shards); energon: the export "
+        "shards under DST/energon/; check: the data check shards of REPORT.",
+    ),
     timeout: float | None = typer.Option(
         None, "--timeout", help="Give up (exit 1) after this many seconds; default: wait for ever."
     ),
     interval: float = typer.Option(10.0, "--interval", help="Seconds between polls (one listing each)."),
 ) -> None:
-    """Wait until every shard under DST finished: exit 0 when all wrote their completion marker, 2 when one
-    failed with bad input (its failure record, see --record-failure), 1 on timeout."""
-    from neva_prep.data.wait import wait_for_shards
+    """Wait until every shard under DST finished (or, --for merge, its merge): exit 0 when all wrote their
+    completion marker, 2 when one failed with bad input (its failure record, see --record-failure), 1 on
+    timeout."""
+    from neva_prep.data.wait import wait_for_stage
 
-    say(run(wait_for_shards, dst, num_shards, timeout=timeout, interval=interval, echo=say).summary())
+    say(run(wait_for_stage, dst, num_shards, stage, timeout=timeout, interval=interval, echo=say).summary())
 
 
 @data_app.command("validate")
