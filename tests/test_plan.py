@@ -287,6 +287,29 @@ def _volume(data: dict[str, Any], _twice: dict[str, Any] | None = None, **change
             lambda d: d["datasets"][0].update(prompts="llava-brief"),
             "field 'datasets[0].prompts': no such built-in prompt list 'llava-brief' (have: image_brief,",
         ),
+        # data convert's own option rules (records.check_options), at plan load
+        (
+            lambda d: d["datasets"][0].update({"from": "llava", "media": "image", "prompts": "image_brief"}),
+            "field 'datasets[0].prompts': --prompts is for --from captions and webvid; --from llava keeps",
+        ),
+        (
+            lambda d: d["datasets"][0].update(caption_column="name"),
+            "field 'datasets[0].caption_column': --caption-column is for --from captions; --from webvid",
+        ),
+        (
+            lambda d: d["datasets"][0].update(media="image"),
+            "field 'datasets[0].from': --from webvid makes video records: use --media video",
+        ),
+        (
+            lambda d: d["datasets"][0].update({"from": "captions", "media_column": "url"}),
+            "field 'datasets[0].from': --from captions needs --media-column and --caption-column",
+        ),
+        (
+            lambda d: d["datasets"][0].update(
+                name="w" * 45, energon={"media_root": "s3://b/m"}
+            ),  # neva-prep-www…-energon-index: 69 characters
+            "field 'datasets[0].name': job name 'neva-prep-" + "w" * 45 + "-energon-index' is longer than 63",
+        ),
     ],
 )
 def test_bad_plans_are_rejected_with_the_field(change: Any, message: str) -> None:
@@ -323,3 +346,30 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     r = neva("plan", "check", str(evil))
     assert r.returncode == 2 and "not valid YAML" in r.stderr
     assert "pwned" not in r.stdout
+
+
+def test_local_paths_of_the_check_and_energon_blocks_must_be_on_a_volume() -> None:
+    """Pods read the check's tokenizer and media and the export's media: each must be on a mounted volume."""
+    data = _minimal()
+    data["output"] = "/data/out"
+    data["kubernetes"] = {
+        "volumes": [{"name": "data", "mount_path": "/data", "persistent_volume_claim": "neva-data"}]
+    }
+    data["datasets"][0]["energon"] = {"media_root": "/data/videos"}
+    data["datasets"][0]["check"] = {
+        "template": "plain", "tokenizer": "/data/out/tokenizers/tokenizer_neva.model", "seq_length": 8,
+        "num_frames": 2, "media_root": "/data/videos",
+    }  # fmt: skip
+    check_for(parse_plan(data, "p.yaml"), "k8s")
+    for block, key, value in (
+        ("energon", "media_root", "/videos"),
+        ("check", "tokenizer", "/models/tokenizer_neva.model"),
+        ("check", "media_root", "/videos"),
+    ):
+        changed = _minimal() | {"output": data["output"], "kubernetes": data["kubernetes"]}
+        changed["datasets"][0] |= {b: dict(data["datasets"][0][b]) for b in ("energon", "check")}
+        changed["datasets"][0][block][key] = value
+        with pytest.raises(
+            BadInput, match=re.escape(f"field 'datasets[0].{block}.{key}': local path {value}")
+        ):
+            check_for(parse_plan(changed, "p.yaml"), "k8s")

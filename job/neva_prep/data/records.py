@@ -235,10 +235,13 @@ def _refuse_column_options(options: ConvertOptions, why: str) -> None:
             raise BadInput(f"{flag} is for --from captions; --from {options.source_format} {why}")
 
 
-def _webvid_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
+def _webvid_options(options: ConvertOptions) -> None:
     if options.media != "video":
         raise BadInput("--from webvid makes video records: use --media video")
     _refuse_column_options(options, "reads the columns videoid, name and page_dir")
+
+
+def _webvid_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
     if options.prompts is None:
         guide = "<video>\n" + WEBVID_PROMPT  # the VideoNeVA guide's prompt, for every record
 
@@ -272,9 +275,13 @@ def default_id(media_path: str) -> str:
     return root if ext and root.strip() else media_path
 
 
-def _captions_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
+def _captions_options(options: ConvertOptions) -> None:
     if not options.media_column or not options.caption_column:
         raise BadInput("--from captions needs --media-column and --caption-column")
+
+
+def _captions_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
+    assert options.media_column and options.caption_column  # check_options
     media, media_col, caption_col, id_col = (
         options.media,
         options.media_column,
@@ -315,12 +322,15 @@ def _retarget_turns(turns: Any, old: str, new: str) -> Any:
     return out
 
 
-def _llava_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
+def _llava_options(options: ConvertOptions) -> None:
     _refuse_column_options(options, "keeps the records' own fields")
     if options.prompts is not None:
         raise BadInput(
             "--prompts is for --from captions and webvid; --from llava keeps the records' own turns"
         )
+
+
+def _llava_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
     media = options.media
     other = OTHER[media]
 
@@ -359,21 +369,32 @@ _BUILDERS: dict[str, Callable[[ConvertOptions], Callable[[Row], dict[str, Any]]]
 }
 
 
+_OPTION_RULES: dict[str, Callable[[ConvertOptions], None]] = {
+    "webvid": _webvid_options,
+    "captions": _captions_options,
+    "llava": _llava_options,
+}
+
+
+def check_options(options: ConvertOptions) -> None:
+    """Refuse (BadInput) options the format cannot use, reading nothing: `data convert` checks them before
+    its first row, a plan when it is loaded (so a launcher never submits a run that would fail on them)."""
+    if options.media not in MEDIA:
+        raise BadInput(f"--media must be one of {', '.join(MEDIA)}, got {options.media!r}")
+    rule = _OPTION_RULES.get(options.source_format)
+    if rule is None:
+        raise BadInput(f"--from must be one of {', '.join(_BUILDERS)}, got {options.source_format!r}")
+    rule(options)
+
+
 @functools.lru_cache(maxsize=16)
 def record_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
     """A fast `Row -> record` function for `options` (prompts loaded and columns fixed once).
 
     Refuses unusable options (BadInput) up front. Rows that could not be read raise their `RecordError`.
     """
-    if options.media not in MEDIA:
-        raise BadInput(f"--media must be one of {', '.join(MEDIA)}, got {options.media!r}")
-    try:
-        make = _BUILDERS[options.source_format]
-    except KeyError:
-        raise BadInput(
-            f"--from must be one of {', '.join(_BUILDERS)}, got {options.source_format!r}"
-        ) from None
-    build = make(options)
+    check_options(options)
+    build = _BUILDERS[options.source_format](options)
 
     def checked(row: Row) -> dict[str, Any]:
         if row.error is not None:

@@ -29,7 +29,8 @@ DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("webvid", "captions", "llava")
 MEDIA = ("image", "video")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_MAX_JOB_NAME = 63 - len("-merge")  # Job names become pod labels and hostnames (<= 63 characters)
+_MAX_NAME = 63  # Job names become pod labels and hostnames (<= 63 characters)
+_MAX_JOB_NAME = _MAX_NAME - len("-merge")
 _TOLERATION_KEYS = ("key", "operator", "value", "effect", "toleration_seconds")
 _VOLUME_KEYS = ("name", "mount_path", "persistent_volume_claim", "nfs", "host_path", "read_only")
 _VOLUME_SOURCES = ("persistent_volume_claim", "nfs", "host_path")
@@ -312,7 +313,7 @@ def _model(sec: _Section) -> ModelSpec:
 def _dataset(sec: _Section) -> DatasetSpec:
     name = _dns_label(sec, "name", sec.text("name"))
     shards = sec.integer("shards", 1, minimum=1)
-    return DatasetSpec(
+    ds = DatasetSpec(
         name=name,
         source=sec.text("source"),
         from_=sec.text("from", choices=SOURCES),
@@ -327,6 +328,29 @@ def _dataset(sec: _Section) -> DatasetSpec:
         energon=_energon(sec) if sec.data.get("energon") is not None else None,
         check=_check(sec) if sec.data.get("check") is not None else None,
     )
+    _check_convert_options(sec, ds)
+    return ds
+
+
+def _check_convert_options(sec: _Section, ds: DatasetSpec) -> None:
+    """`data convert`'s own option rules (records.check_options), so that a plan asking a format for what it
+    cannot use (`prompts` with `from: llava`, columns with webvid) is refused before anything runs."""
+    from neva_prep.data.records import ConvertOptions, check_options
+
+    options = ConvertOptions(
+        source_format=ds.from_,
+        media=ds.media,
+        media_column=ds.media_column,
+        caption_column=ds.caption_column,
+        id_column=ds.id_column,
+        prompts=ds.prompts,
+    )
+    try:
+        check_options(options)
+    except BadInput as exc:
+        flag = re.match(r"--([a-z-]+)", str(exc))
+        key = flag.group(1).replace("-", "_") if flag else ""
+        raise sec.error(sec.key(key) if key in sec.data else sec.path, str(exc)) from None
 
 
 def _check(dataset: _Section) -> CheckSpec:
@@ -506,7 +530,7 @@ def parse_plan(data: object, source: str) -> Plan:
             )
     if model is None and not datasets:
         raise top.error("model", "the plan has neither a model nor datasets: nothing to do")
-    return Plan(
+    plan = Plan(
         output=top.text("output"),
         image=top.text("image", "neva-prep:latest"),
         model=model,
@@ -517,6 +541,14 @@ def parse_plan(data: object, source: str) -> Plan:
         data_image=top.text("data_image", None),
         source=source,
     )
+    for i, ds in enumerate(datasets):  # the check's and the export's jobs have longer names
+        longest = max(_dataset_job_names(plan, ds), key=len)
+        if len(longest) > _MAX_NAME:
+            raise top.error(
+                f"datasets[{i}].name",
+                f"job name {longest!r} is longer than {_MAX_NAME} characters (a pod label); shorten it",
+            )
+    return plan
 
 
 def load_plan(url: str) -> Plan:
@@ -547,6 +579,12 @@ def local_paths(plan: Plan) -> list[tuple[str, str]]:
             found.append((f"datasets[{i}].media_root", ds.media_root))
         if ds.prompts is not None and ds.prompts not in builtin_names():
             found.append((f"datasets[{i}].prompts", ds.prompts))
+        if ds.energon is not None:
+            found.append((f"datasets[{i}].energon.media_root", ds.energon.media_root))
+        if ds.check is not None:
+            found.append((f"datasets[{i}].check.tokenizer", ds.check.tokenizer))
+            if ds.check.media_root is not None:
+                found.append((f"datasets[{i}].check.media_root", ds.check.media_root))
     return [(key, storage.local_path(url)) for key, url in found if storage.is_local(url)]
 
 
@@ -624,11 +662,23 @@ def shard_argv(plan: Plan, ds: DatasetSpec, *, record_failure: bool = False) -> 
     return argv
 
 
-def wait_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
-    """`neva-prep data wait OUTPUT/datasets/NAME --num-shards N [--timeout S]`: where no scheduler can order
-    the merge after the shards (Kubernetes), it waits in front of the merge: exit 0 when every shard
-    finished, 2 when one failed with bad input (its failure record), 1 after the plan's wait timeout."""
-    argv = ["neva-prep", "data", "wait", dataset_output(plan, ds), "--num-shards", str(ds.shards)]
+def wait_argv(plan: Plan, ds: DatasetSpec, stage: str = "shards") -> list[str]:
+    """`neva-prep data wait DST --num-shards N [--for STAGE] [--timeout S]`: where no scheduler can order a
+    step after the one it reads (Kubernetes), it waits in front of it: `shards` before the merge, `merge`
+    before the Energon export and the data check, `energon` before the export's finalize, `check` before the
+    check's --merge. Exit 0 when the step finished, 2 when a shard failed with bad input (its failure
+    record), 1 after the plan's wait timeout."""
+    out = dataset_output(plan, ds)
+    if stage in ("shards", "merge"):
+        dst, count = out, ds.shards
+    elif stage == "energon" and ds.energon is not None:
+        dst, count = out, ds.energon.shards
+    elif stage == "check" and ds.check is not None:
+        dst, count = check_report(plan, ds), ds.check.shards
+    else:
+        raise ValueError(f"no {stage!r} step in dataset {ds.name!r}")
+    argv = ["neva-prep", "data", "wait", dst, "--num-shards", str(count)]
+    argv += ["--for", stage] if stage != "shards" else []
     if plan.kubernetes.wait_timeout_seconds:
         argv += ["--timeout", str(plan.kubernetes.wait_timeout_seconds)]
     return argv
@@ -691,13 +741,27 @@ def check_argv(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> list[str]
         argv += [flag, str(value)] if value is not None else []
     argv += ["--media-root", c.media_root] if c.media_root else []
     argv += ["--decode"] if c.decode else []
-    argv += ["--report", storage.join(out, "report")]
+    argv += ["--report", check_report(plan, ds)]
     argv += ["--num-shards", str(c.shards)] if c.shards > 1 else []
     return [*argv, "--merge"] if merge else argv
 
 
+def check_report(plan: Plan, ds: DatasetSpec) -> str:
+    """Where a dataset's `check:` writes its report: `OUTPUT/datasets/NAME/report/`."""
+    return storage.join(dataset_output(plan, ds), "report")
+
+
 def check_job_name(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> str:
     return f"{plan.name}-{ds.name}-check" + ("-merge" if merge else "")
+
+
+def _dataset_job_names(plan: Plan, ds: DatasetSpec) -> list[str]:
+    names = [shards_job_name(plan, ds), merge_job_name(plan, ds)]
+    if ds.energon is not None:
+        names += [energon_job_name(plan, ds), energon_job_name(plan, ds, finalize=True)]
+    if ds.check is not None:
+        names += [check_job_name(plan, ds), check_job_name(plan, ds, merge=True)]
+    return names
 
 
 def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
@@ -725,6 +789,21 @@ def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
         yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds, record_failure=True)
         yield f"{merge_job_name(plan, ds)} (init)", wait_argv(plan, ds)
         yield merge_job_name(plan, ds), merge_argv(plan, ds)
+        if ds.energon is not None:
+            name = energon_job_name(plan, ds)
+            yield f"{name} (init)", wait_argv(plan, ds, "merge")
+            yield f"{name} (x{ds.energon.shards})", energon_argv(plan, ds)
+            name = energon_job_name(plan, ds, finalize=True)
+            yield f"{name} (init)", wait_argv(plan, ds, "energon")
+            yield name, energon_argv(plan, ds, finalize=True)
+        if ds.check is not None:
+            name = check_job_name(plan, ds)
+            yield f"{name} (init)", wait_argv(plan, ds, "merge")
+            yield f"{name} (x{ds.check.shards})" if ds.check.shards > 1 else name, check_argv(plan, ds)
+            if ds.check.shards > 1:
+                name = check_job_name(plan, ds, merge=True)
+                yield f"{name} (init)", wait_argv(plan, ds, "check")
+                yield name, check_argv(plan, ds, merge=True)
 
 
 def describe(plan: Plan, target: Target | str | None = None) -> str:
