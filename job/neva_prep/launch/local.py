@@ -115,6 +115,7 @@ def _dataset_counts(plan: Plan, ds: DatasetSpec) -> tuple[str, str, str, str]:
     if not storage.exists(stats_url) or not storage.exists(result):
         return ("-", "-", "-", "(not merged)")
     stats = json.loads(storage.read_text(stats_url))
+
     def count(key: str) -> str:
         value = stats.get(key)
         return f"{value:,}" if isinstance(value, int) else "?"
