@@ -21,6 +21,8 @@ from neva_prep.errors import BadInput
 from neva_prep.launch import k8s
 from neva_prep.launch.plan import (
     Plan,
+    check_argv,
+    energon_argv,
     example_plan,
     merge_argv,
     model_argv,
@@ -183,6 +185,68 @@ def test_merge_waits_in_an_init_container_and_fails_at_once_when_the_wait_fails(
     assert "initContainers" not in jobs["neva-prep-webvid"]["spec"]["template"]["spec"]
 
 
+def test_export_and_check_wait_for_the_merge_then_finalize_and_combine_wait_for_their_shards() -> None:
+    """Every launcher runs a dataset's `energon:` and `check:` blocks after its merge: here as gated Jobs."""
+    plan = _example()
+    ds = plan.dataset("llava-pretrain")
+    assert ds.energon is not None and ds.check is not None and ds.check.shards == 4
+    jobs = _manifests(plan)
+    expected = {  # job -> (its argv, its init container's argv, Indexed completions or None)
+        "neva-prep-llava-pretrain-energon": (energon_argv(plan, ds), wait_argv(plan, ds, "merge"), 4),
+        "neva-prep-llava-pretrain-energon-index": (
+            energon_argv(plan, ds, finalize=True),
+            wait_argv(plan, ds, "energon"),
+            None,
+        ),
+        "neva-prep-llava-pretrain-check": (check_argv(plan, ds), wait_argv(plan, ds, "merge"), 4),
+        "neva-prep-llava-pretrain-check-merge": (
+            check_argv(plan, ds, merge=True),
+            wait_argv(plan, ds, "check"),
+            None,
+        ),
+    }
+    assert not any(n.startswith("neva-prep-webvid-") and n != "neva-prep-webvid-merge" for n in jobs)
+    out = "s3://my-bucket/neva-prep/datasets/llava-pretrain"
+    assert wait_argv(plan, ds, "merge")[3:] == [
+        out,
+        "--num-shards",
+        "4",
+        "--for",
+        "merge",
+        "--timeout",
+        "86400",
+    ]
+    assert wait_argv(plan, ds, "check")[3:6] == [f"{out}/report", "--num-shards", "4"]
+    for name, (argv, wait, completions) in expected.items():
+        spec = jobs[name]["spec"]
+        pod = spec["template"]["spec"]
+        (init,), (container,) = pod["initContainers"], pod["containers"]
+        assert [init["command"][0], *init["args"]] == wait, name
+        assert [container["command"][0], *container["args"]] == argv, name
+        assert container["image"] == init["image"] == plan.shards_image
+        assert spec.get("completionMode") == ("Indexed" if completions else None), name
+        assert spec["completions"] == (completions or 1)
+        rules = spec["podFailurePolicy"]["rules"]
+        final = [2, 3] if "check" in name and (name.endswith("-merge") or not completions) else [2]
+        assert rules[0] == {
+            "action": "FailIndex" if completions else "FailJob",
+            "onExitCodes": {"containerName": "neva-prep", "operator": "In", "values": final},
+        }, name
+        assert rules[1] == {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": init["name"], "operator": "In", "values": [1, 2]},
+        }, name
+        assert "data wait --for" in jobs[name]["metadata"]["annotations"]["neva-prep/gating"]
+    data = yaml.safe_load(example_plan())
+    data["datasets"][1]["check"]["shards"] = 1  # one check Job: it waits for the merge, exit 3 is final
+    one = _manifests(parse_plan(data, "p"))
+    assert "neva-prep-llava-pretrain-check-merge" not in one
+    check = one["neva-prep-llava-pretrain-check"]["spec"]
+    assert "completionMode" not in check and check["podFailurePolicy"]["rules"][0]["onExitCodes"][
+        "values"
+    ] == [2, 3]
+
+
 def test_wait_timeout_zero_waits_for_ever() -> None:
     data = yaml.safe_load(example_plan())
     data["kubernetes"]["wait_timeout_seconds"] = 0
@@ -269,7 +333,7 @@ def test_urls_and_paths_on_volumes_are_accepted() -> None:
     data["output"] = "file:///data/out"
     data["datasets"][0] |= {"source": "/data/webvid/*.csv", "media_root": "/data", "prompts": "video_brief"}
     data["datasets"][1]["source"] = "gs://bucket/llava.json"
-    assert len(k8s.jobs(parse_plan(data, "p.yaml"))) == 5
+    assert len(k8s.jobs(parse_plan(data, "p.yaml"))) == 9
 
 
 def test_launch_and_plan_check_refuse_a_bare_local_path(tmp_path: Path) -> None:
@@ -319,7 +383,8 @@ def test_pods_are_locked_down_and_get_credentials_only_from_the_secret() -> None
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
         assert pod["volumes"] == [{"name": "scratch", "emptyDir": {"sizeLimit": "20Gi"}}]
         containers = pod["containers"] + pod.get("initContainers", [])
-        assert len(containers) == (2 if name.endswith("-merge") else 1)
+        ungated = ("neva-prep-model", "neva-prep-webvid", "neva-prep-llava-pretrain")  # the rest wait first
+        assert len(containers) == (1 if name in ungated else 2), name
         for c in containers:
             _assert_locked_down(c)
 
@@ -484,7 +549,7 @@ def test_apply_creates_every_job_through_the_client(api: tuple[_Api, dict[str, s
         assert path == "/apis/batch/v1/namespaces/default/jobs"
         assert auth == "Bearer stub-token"
         assert body == expected[body["metadata"]["name"]]  # exactly the rendered manifest
-    assert "created 5 job(s)" in r.stdout
+    assert "created 9 job(s)" in r.stdout
 
     again = neva("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", env=env)
     assert again.returncode == 0, again.stderr
@@ -532,6 +597,23 @@ def test_wait_reports_a_timed_out_merge_wait_with_exit_1(
     r = neva(*args, "--interval", "0.05", env=env)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "neva-prep-webvid-merge: Failed (PodFailurePolicy: Container wait-for-shards" in r.stdout
+
+
+def test_wait_reports_a_check_that_found_problems_with_exit_3(
+    api: tuple[_Api, dict[str, str]], tmp_path: Path
+) -> None:
+    """Like `launch local`: everything ran, only a data check found problems (its exit-3 rule failed it)."""
+    server, env = api
+    server.fail["neva-prep-llava-pretrain-check-merge"] = "PodFailurePolicy"
+    server.messages["neva-prep-llava-pretrain-check-merge"] = (
+        "Container neva-prep for pod default/neva-prep-llava-pretrain-check-merge-x8k2p failed "
+        "with exit code 3 matching FailJob rule at index 0"
+    )
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(example_plan())
+    args = ("launch", "k8s", str(plan_file), "--out", str(tmp_path / "out"), "--apply", "--wait")
+    r = neva(*args, "--interval", "0.05", env=env)
+    assert r.returncode == 3, r.stdout + r.stderr
 
 
 def test_jobs_go_to_the_current_namespace_when_the_plan_names_none(

@@ -13,6 +13,11 @@ marker, then the merge container starts, once. A shard that exits 2 leaves a fai
 (`data convert --record-failure`) and the wait exits 2, failing the merge Job at once; so does the wait's
 timeout (exit 1). On the happy path no pod fails. Nothing waits for the model step: no other step reads it.
 No RBAC and no extra tool: `kubectl apply -f DIR` alone runs the plan to completion.
+
+A dataset's `energon:` and `check:` blocks follow its merge the same way: their Jobs start at once and wait
+in init containers (`data wait --for merge`: the shards, then the merge's stats.json newer than them); the
+export's finalize Job waits for the export shards (`--for energon`), a sharded check's `--merge` Job for the
+check shards (`--for check`). A check that finds problems (exit 3) fails its Job at once, like bad input.
 """
 
 from __future__ import annotations
@@ -26,14 +31,18 @@ import yaml
 from kubernetes import client
 
 from neva_prep import storage
-from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, StepFailed
+from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, EXIT_OK, BadInput, StepFailed
 from neva_prep.launch.plan import (
     SCRATCH_MOUNT,
     DatasetSpec,
     Plan,
     Target,
     VolumeSpec,
+    check_argv,
     check_for,
+    check_job_name,
+    energon_argv,
+    energon_job_name,
     merge_argv,
     merge_job_name,
     model_argv,
@@ -45,6 +54,12 @@ from neva_prep.launch.plan import (
 
 CONTAINER = "neva-prep"
 WAIT_CONTAINER = "wait-for-shards"
+WAIT_FOR = {  # `data wait --for X` -> the init container that runs it
+    "shards": WAIT_CONTAINER,
+    "merge": "wait-for-merge",
+    "energon": "wait-for-export",
+    "check": "wait-for-check",
+}
 SCRATCH = SCRATCH_MOUNT
 UID = 1000
 _RENDERED = "rendered by `neva-prep launch k8s`"
@@ -56,6 +71,16 @@ GATING_NOTE = (
     "wrote its completion marker, then the merge runs once. A shard that failed with bad input (exit 2) or "
     "the wait's timeout (exit 1) fails this Job at once."
 )
+AFTER_NOTE = (
+    "This Job starts with the plan; its init container runs `neva-prep data wait --for {stage}` until "
+    "{what}, then the step runs. The wait's timeout (exit 1) or a shard that failed with bad input "
+    "(exit 2) fails this Job at once."
+)
+_AFTER_WHAT = {
+    "merge": "the dataset's merge finished (its stats.json, newer than the shards' markers)",
+    "energon": "every export shard wrote its completion marker",
+    "check": "every check shard wrote its part.json",
+}
 
 
 def _labels(plan: Plan, component: str, ds: DatasetSpec | None = None) -> dict[str, str]:
@@ -70,23 +95,26 @@ def _labels(plan: Plan, component: str, ds: DatasetSpec | None = None) -> dict[s
     return labels
 
 
-def _failure_policy(action: str, *, waits: bool = False) -> client.V1PodFailurePolicy:
-    """Exit 2 means a retry cannot help: `action` (FailIndex / FailJob) at once; disruptions never count.
-    A wait that ends without success (a failed shard, or its timeout) would only wait again: FailJob."""
+def _failure_policy(
+    action: str, *, wait: str | None = None, final: tuple[int, ...] = (EXIT_BAD_INPUT,)
+) -> client.V1PodFailurePolicy:
+    """Exit 2 (and a check's 3) means a retry cannot help: `action` (FailIndex / FailJob) at once; disruptions
+    never count. A wait (init container `wait`) that ends without success (a failed shard, or its timeout)
+    would only wait again: FailJob."""
     rules = [
         client.V1PodFailurePolicyRule(
             action=action,
             on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
-                container_name=CONTAINER, operator="In", values=[EXIT_BAD_INPUT]
+                container_name=CONTAINER, operator="In", values=list(final)
             ),
         )
     ]
-    if waits:
+    if wait:
         rules.append(
             client.V1PodFailurePolicyRule(
                 action="FailJob",
                 on_exit_codes=client.V1PodFailurePolicyOnExitCodesRequirement(
-                    container_name=WAIT_CONTAINER, operator="In", values=[EXIT_FAILED, EXIT_BAD_INPUT]
+                    container_name=wait, operator="In", values=[EXIT_FAILED, EXIT_BAD_INPUT]
                 ),
             )
         )
@@ -178,11 +206,15 @@ def _job(
     ds: DatasetSpec | None = None,
     gpus: int = 0,
     indexed: bool = False,
+    completions: int | None = None,
     wait: list[str] | None = None,
     annotations: dict[str, str] | None = None,
+    final: tuple[int, ...] = (EXIT_BAD_INPUT,),
 ) -> client.V1Job:
-    """One Job; `wait`: the argv of an init container that must succeed before `argv` starts."""
+    """One Job; `wait`: the argv of an init container (`data wait`) that must succeed before `argv` starts;
+    `indexed`: `completions` indexes (default: the dataset's shards); `final`: exit codes never retried."""
     k = plan.kubernetes
+    wait_name = WAIT_FOR[wait[wait.index("--for") + 1] if "--for" in wait else "shards"] if wait else None
     image = plan.image if component == "model" else plan.shards_image
     labels = _labels(plan, component, ds)
     env = []
@@ -210,7 +242,7 @@ def _job(
             fs_group=UID,
             seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"),
         ),
-        init_containers=[_container(plan, WAIT_CONTAINER, image, wait, 0, [])] if wait else None,
+        init_containers=[_container(plan, wait_name, image, wait, 0, [])] if wait and wait_name else None,
         containers=[_container(plan, CONTAINER, image, argv, gpus, env)],
         volumes=[
             client.V1Volume(
@@ -228,15 +260,15 @@ def _job(
     if indexed:
         assert ds is not None
         spec.completion_mode = "Indexed"
-        spec.completions = ds.shards
-        spec.parallelism = ds.max_parallel
+        spec.completions = completions or ds.shards
+        spec.parallelism = completions or ds.max_parallel
         spec.backoff_limit_per_index = k.backoff_limit_per_index
-        spec.pod_failure_policy = _failure_policy("FailIndex")
+        spec.pod_failure_policy = _failure_policy("FailIndex", wait=wait_name, final=final)
     else:
         spec.completions = 1
         spec.parallelism = 1
         spec.backoff_limit = k.backoff_limit_per_index
-        spec.pod_failure_policy = _failure_policy("FailJob", waits=bool(wait))
+        spec.pod_failure_policy = _failure_policy("FailJob", wait=wait_name, final=final)
     return client.V1Job(
         api_version="batch/v1",
         kind="Job",
@@ -268,6 +300,73 @@ def jobs(plan: Plan) -> list[client.V1Job]:
                 annotations={"neva-prep/gating": GATING_NOTE},
             )
         )
+        out += _after_merge_jobs(plan, ds)
+    return out
+
+
+def _gated(stage: str) -> dict[str, str]:
+    return {"neva-prep/gating": AFTER_NOTE.format(stage=stage, what=_AFTER_WHAT[stage])}
+
+
+def _after_merge_jobs(plan: Plan, ds: DatasetSpec) -> list[client.V1Job]:
+    """The dataset's Energon export (Indexed Job + finalize Job) and data check (one Job, or an Indexed Job
+    + its --merge Job), each gated by a `data wait` init container."""
+    out = []
+    if ds.energon is not None:
+        n = ds.energon.shards
+        out += [
+            _job(
+                plan,
+                energon_job_name(plan, ds),
+                "energon",
+                energon_argv(plan, ds),
+                ds=ds,
+                indexed=True,
+                completions=n,
+                wait=wait_argv(plan, ds, "merge"),
+                annotations=_gated("merge"),
+            ),
+            _job(
+                plan,
+                energon_job_name(plan, ds, finalize=True),
+                "energon-index",
+                energon_argv(plan, ds, finalize=True),
+                ds=ds,
+                wait=wait_argv(plan, ds, "energon"),
+                annotations=_gated("energon"),
+            ),
+        ]
+    if ds.check is not None:
+        n, checked = ds.check.shards, (EXIT_BAD_INPUT, EXIT_CHECK_FAILED)
+        name, argv, after = check_job_name(plan, ds), check_argv(plan, ds), wait_argv(plan, ds, "merge")
+        if n == 1:
+            out.append(
+                _job(plan, name, "check", argv, ds=ds, wait=after, annotations=_gated("merge"), final=checked)
+            )
+        else:
+            out += [
+                _job(
+                    plan,
+                    name,
+                    "check",
+                    argv,
+                    ds=ds,
+                    indexed=True,
+                    completions=n,
+                    wait=after,
+                    annotations=_gated("merge"),
+                ),
+                _job(
+                    plan,
+                    check_job_name(plan, ds, merge=True),
+                    "check-merge",
+                    check_argv(plan, ds, merge=True),
+                    ds=ds,
+                    wait=wait_argv(plan, ds, "check"),
+                    annotations=_gated("check"),
+                    final=checked,
+                ),
+            ]
     return out
 
 
@@ -287,6 +386,26 @@ def _component(job: client.V1Job) -> str:
     return str(job.metadata.labels["app.kubernetes.io/component"])
 
 
+_AFTER = {
+    "energon": [
+        "Energon export: index K writes the tars export shard K owns (JOB_COMPLETION_INDEX). Gating: its",
+        "init container (`data wait --for merge`) waits until the dataset's merge finished.",
+    ],
+    "energon-index": [
+        "Energon export's finalize: rejects, stats and .nv-meta/ with Energon's index. Gating: its init",
+        "container (`data wait --for energon`) waits until every export shard wrote its marker.",
+    ],
+    "check": [
+        "data check (index K checks share K when sharded). Gating: its init container (`data wait --for",
+        "merge`) waits until the dataset's merge finished. Exit 3 (problems found) is not retried.",
+    ],
+    "check-merge": [
+        "data check --merge: the report from every check shard. Gating: its init container (`data wait",
+        "--for check`) waits for every shard's part.json. Exit 3 (problems found) is not retried.",
+    ],
+}
+
+
 def _header(job: client.V1Job) -> str:
     component = _component(job)
     lines = [f"# {job_name(job)}: {_RENDERED} from the plan; edit the plan instead."]
@@ -301,6 +420,8 @@ def _header(job: client.V1Job) -> str:
             "# poll) waits until every shard wrote its completion marker, then the merge runs once. A shard",
             "# that failed with bad input (exit 2) or the wait's timeout (exit 1) fails the Job at once.",
         ]
+    elif component in _AFTER:
+        lines += [f"# {line}" for line in _AFTER[component]]
     return "\n".join(lines) + "\n"
 
 
@@ -426,8 +547,16 @@ def job_state(job: client.V1Job) -> tuple[str | None, str]:
 
 
 def failed_with_bad_input(state: str) -> bool:
-    """A Job failed by the exit-2 rule of its podFailurePolicy (not by the wait's timeout, exit 1)."""
-    return state.startswith("Failed (PodFailurePolicy") and f"exit code {EXIT_FAILED} " not in state
+    """A Job failed by the exit-2 rule of its podFailurePolicy (not by the wait's timeout, exit 1, nor by a
+    check that found problems, exit 3)."""
+    return state.startswith("Failed (PodFailurePolicy") and not any(
+        f"exit code {code} " in state for code in (EXIT_FAILED, EXIT_CHECK_FAILED)
+    )
+
+
+def failed_with_findings(state: str) -> bool:
+    """A check Job failed by its exit-3 rule: it ran, and found problems (see its report)."""
+    return state.startswith("Failed (PodFailurePolicy") and f"exit code {EXIT_CHECK_FAILED} " in state
 
 
 def wait(
@@ -487,6 +616,8 @@ def launch_k8s(
         failed = [state for state in result.final.values() if state != "Complete"]
         if any(failed_with_bad_input(s) for s in failed):
             result.exit_code = EXIT_BAD_INPUT
+        elif failed and all(failed_with_findings(s) for s in failed):
+            result.exit_code = EXIT_CHECK_FAILED  # everything ran; a data check found problems
         elif failed:
             result.exit_code = EXIT_FAILED
     return result

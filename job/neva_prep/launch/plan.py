@@ -861,6 +861,17 @@ datasets:                            # each: `shards` parallel conversions, then
     from: llava
     media: image
     shards: 4
+    media_root: s3://my-bucket/llava/images
+    energon:                         # after the merge: an Energon WebDataset in datasets/NAME/energon/
+      samples_per_shard: 10000       # media_root: default the dataset's
+      split: train=98,val=2
+      shards: 4                      # export shards, then one --finalize (needs the `energon` extra)
+    check:                           # after the merge: `data check`, report in datasets/NAME/report/
+      template: plain                # model.data.conv_template
+      tokenizer: s3://my-bucket/tokenizers/tokenizer_neva.model  # a patched tokenizer that exists by then
+      seq_length: 2048               # model.encoder_seq_length
+      decode: true                   # decode every image under media_root
+      shards: 4                      # check shards, then --merge
   # - name: cc3m                     # a caption table (CSV / JSONL / Parquet)
   #   source: s3://my-bucket/cc3m/*.parquet
   #   from: captions

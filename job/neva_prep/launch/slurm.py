@@ -1,9 +1,11 @@
-"""Slurm launcher: one plan -> sbatch scripts (model job, one array per dataset, its merge) + `submit.sh`.
+"""Slurm launcher: one plan -> sbatch scripts (model job, one array per dataset, its merge, and after the
+merge the dataset's Energon export array + finalize and its data check) + `submit.sh`.
 
 The scripts only run the argv lists `plan.py` builds, so a Slurm task runs exactly the command a user
 would type; the data CLI reads `SLURM_ARRAY_TASK_ID` itself. Semantics worth knowing:
 - each merge waits with `--dependency=afterok:<array>` (all tasks of the array succeeded) and is cancelled
-  by `--kill-on-invalid-dep=yes` when one failed, rather than pending forever;
+  by `--kill-on-invalid-dep=yes` when one failed, rather than pending forever; the export and the check
+  wait for the merge, the finalize for the export array, the check's --merge for the check array alike;
 - nothing here requeues: Slurm only requeues on node failure or preemption, never on an exit code, so a
   task that exits 2 (bad input) fails once and stays failed;
 - a killed or failed task is re-run by running `submit.sh` again (or `scontrol requeue`): finished shards
@@ -30,6 +32,10 @@ from neva_prep.errors import BadInput, StepFailed
 from neva_prep.launch.plan import (
     DatasetSpec,
     Plan,
+    check_argv,
+    check_job_name,
+    energon_argv,
+    energon_job_name,
     load_plan,
     merge_argv,
     merge_job_name,
@@ -93,7 +99,7 @@ class SlurmJob:
 
     name: str
     script: str
-    kind: str  # "model" | "shards" | "merge"
+    kind: str  # "model" | "shards" | "merge" | "energon" | "energon-index" | "check" | "check-merge"
     text: str
     after: str | None = None
 
@@ -104,6 +110,11 @@ def shards_script(ds: DatasetSpec) -> str:
 
 def merge_script(ds: DatasetSpec) -> str:
     return f"merge-{ds.name}.sbatch"
+
+
+def step_script(kind: str, ds: DatasetSpec) -> str:
+    """The script of a step after the merge: `energon-NAME.sbatch`, `check-merge-NAME.sbatch`, ..."""
+    return f"{kind}-{ds.name}.sbatch"
 
 
 # --- rendering (pure) ------------------------------------------------------------------------------------
@@ -212,16 +223,66 @@ def render(plan: Plan) -> tuple[SlurmJob, ...]:
             command=_command(plan, merge_argv(plan, ds), what),
         )
         jobs.append(SlurmJob(name, merge_script(ds), "merge", text, after=shards_script(ds)))
+        jobs += _after_merge(plan, ds, what)
     return tuple(jobs)
 
 
-def render_submit(plan: Plan, jobs: Iterable[SlurmJob]) -> str:
+def _after_merge(plan: Plan, ds: DatasetSpec, what: str) -> list[SlurmJob]:
+    """The dataset's Energon export (array, then finalize) and data check (one job, or array then --merge),
+    each after what it reads (submit.sh adds afterok)."""
+    jobs: list[SlurmJob] = []
+
+    def add(kind: str, name: str, title: str, argv: list[str], after: str, array: int | None = None) -> None:
+        options = ["--kill-on-invalid-dep=yes"]
+        if array is not None:
+            options.insert(0, f"--array=0-{array - 1}%{min(array, plan.slurm.array_parallelism or array)}")
+        text = _script(
+            plan,
+            title=f"Dataset {ds.name}: {title}",
+            job_name=name,
+            log="%x-%A_%a.out" if array is not None else "%x-%j.out",
+            options=options,
+            command=_command(plan, argv, what),
+        )
+        jobs.append(SlurmJob(name, step_script(kind, ds), kind, text, after=after))
+
+    if ds.energon is not None:
+        n = ds.energon.shards
+        title = f"Energon export, {n} shard(s), one per array task, after the merge."
+        add("energon", energon_job_name(plan, ds), title, energon_argv(plan, ds), merge_script(ds), n)
+        title = "Energon export's finalize (index, stats) once every export shard succeeded."
+        argv = energon_argv(plan, ds, finalize=True)
+        add(
+            "energon-index",
+            energon_job_name(plan, ds, finalize=True),
+            title,
+            argv,
+            step_script("energon", ds),
+        )
+    if ds.check is not None:
+        n = ds.check.shards
+        name, argv = check_job_name(plan, ds), check_argv(plan, ds)
+        if n == 1:
+            add("check", name, "data check after the merge (exit 3: problems found).", argv, merge_script(ds))
+        else:
+            title = f"data check, {n} shard(s), one per array task, after the merge."
+            add("check", name, title, argv, merge_script(ds), n)
+            title = (
+                "data check --merge, the report, once every check shard succeeded (exit 3: problems found)."
+            )
+            argv = check_argv(plan, ds, merge=True)
+            add("check-merge", check_job_name(plan, ds, merge=True), title, argv, step_script("check", ds))
+    return jobs
+
+
+def render_submit(plan: Plan, jobs: tuple[SlurmJob, ...]) -> str:
     """`submit.sh`: sbatch every script in order, wiring each merge to its array; prints `NAME JOBID`."""
     lines = [
         "#!/usr/bin/env bash",
         "# Submit plan " + _q(plan.name, "name") + " to Slurm: the model job and every dataset's shard",
         "# array start at once; each merge waits for all tasks of its array (afterok) and is cancelled",
-        "# if one fails. Run it from the directory the logs should go under. Re-running is safe:",
+        "# if one fails; a dataset's export and check wait for its merge, their finalize / --merge for",
+        "# their array. Run it from the directory the logs should go under. Re-running is safe:",
         "# finished shards are skipped. Prints one `JOBNAME JOBID` line per job.",
         "set -euo pipefail",
         'here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"',
@@ -240,7 +301,7 @@ def render_submit(plan: Plan, jobs: Iterable[SlurmJob]) -> str:
     for n, job in enumerate(jobs):
         deps = f" --dependency=afterok:${var[job.after]}" if job.after else ""
         lines.append(f"submit {_q(job.name, 'name')} {_q(job.script, 'name')}{deps}")
-        if job.kind == "shards":
+        if any(other.after == job.script for other in jobs):
             var[job.script] = f"job_{n}"
             lines[-1] += f"; job_{n}=$job"
     return "\n".join(lines) + "\n"
@@ -325,7 +386,9 @@ class SlurmLaunch:
             return 2
         if not self.failed:
             return 0
-        return 2 if any(t.exit_code == 2 for t in self.failed) else 1
+        if any(t.exit_code == 2 for t in self.failed):
+            return 2
+        return 3 if all(t.exit_code == 3 for t in self.failed) else 1
 
     def error(self) -> str:
         """One line naming the failed tasks (empty when none failed)."""
