@@ -6,8 +6,8 @@
 #  2. A stand-in for the NeMo image (the real one is ~20 GB and needs a registry login): Debian 12 made by
 #     mmdebstrap from this host's apt sources, plus the CPU torch and the numpy the NeMo image pins, installed
 #     by pip as this host's pip reaches its index. Kept between runs (remove the two images to remake them).
-#  3. `make docker-build` of the Dockerfile on the stand-in (no layer cache), and on the bare Debian base, where
-#     it must stop with the message that the base has no torch.
+#  3. `make docker-build` of the Dockerfile on the stand-in (no layer cache), and on the bare Debian base,
+#     where it must stop with the message that the base has no torch.
 #  4. The image: `--help` (as its default user, which must not be root), then `neva-prep sample` and
 #     `make docker-run` of the sample plan (uid 1000, read-only root, tmpfs /tmp, no capabilities, no
 #     privilege escalation, no network).
@@ -15,8 +15,8 @@
 #     what the host's `make run` writes.
 #
 # Facts of these machines that the flags below encode: crun refuses their hybrid cgroup layout (--runtime
-# runc); root lacks CAP_SYS_RESOURCE, so the containers' ulimits must stay within root's hard limits, and nproc
-# within kernel.pid_max; in OCI format podman drops the Dockerfile's SHELL (make docker-build passes
+# runc); root lacks CAP_SYS_RESOURCE, so the containers' ulimits must stay within root's hard limits, and
+# nproc within kernel.pid_max; in OCI format podman drops the Dockerfile's SHELL (make docker-build passes
 # --format docker). Builds use the host's network, containers none: no bridge or firewall rule is created.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,6 +34,7 @@ if [ "$(id -u)" != "0" ]; then
   exit 1
 fi
 
+fail() { echo "image-test: $*" >&2; exit 1; }
 timings=()
 phase_start=$SECONDS
 phase() {  # phase NAME: closes the previous phase's clock and starts the next
@@ -44,7 +45,9 @@ phase() {  # phase NAME: closes the previous phase's clock and starts the next
 phase_done() { timings+=("$(printf '%-54s %4ss' "$phase_name" $((SECONDS - phase_start)))"); phase_name=; }
 report() {
   local rc=$?
-  if [ "$rc" != 0 ]; then timings+=("$(printf '%-54s %4ss  FAILED' "$phase_name" $((SECONDS - phase_start)))"); fi
+  if [ "$rc" != 0 ]; then
+    timings+=("$(printf '%-54s %4ss  FAILED' "$phase_name" $((SECONDS - phase_start)))")
+  fi
   printf 'image-test wall times:\n'; printf '  %s\n' "${timings[@]}"
   [ -n "${work:-}" ] && rm -rf "$work"
   command -v podman >/dev/null && podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
@@ -80,7 +83,8 @@ else
   # This host's Debian sources and apt network settings (proxy, CA, validity checks), no others.
   sources=/etc/apt/sources.list.d/debian.sources
   [ -f "$sources" ] || sources=/etc/apt/sources.list
-  apt-config dump | grep -E '^Acquire::((https?|ftp)::|Check-Valid-Until|Check-Date)' > "$work/apt.conf" || true
+  apt-config dump | grep -E '^Acquire::((https?|ftp)::|Check-Valid-Until|Check-Date)' \
+    > "$work/apt.conf" || true
   mmdebstrap --variant=minbase --aptopt="$work/apt.conf" \
     --include=python3,python3-pip,python3-venv,python-is-python3,ca-certificates \
     bookworm "$work/debian.tar" "$sources"
@@ -102,11 +106,10 @@ phase_done
 phase "make docker-build on a base without torch (must fail)"
 if make --no-print-directory docker-build CONTAINER=podman NEMO_IMAGE="$DEBIAN_IMAGE" IMAGE="$IMAGE-notorch" \
      CONTAINER_BUILD_FLAGS="--no-cache ${BUILD[*]}" > "$work/notorch.log" 2>&1; then
-  echo "image-test: the build on $DEBIAN_IMAGE (no torch) succeeded; it must be refused" >&2
-  exit 1
+  fail "the build on $DEBIAN_IMAGE (no torch) succeeded; it must be refused"
 fi
 grep -F "the base image $DEBIAN_IMAGE has no torch" "$work/notorch.log" \
-  || { tail -20 "$work/notorch.log"; echo "image-test: no 'has no torch' message in the failed build" >&2; exit 1; }
+  || { tail -20 "$work/notorch.log"; fail "no 'has no torch' message in the failed build"; }
 phase_done
 
 # ---------------------------------------------------------------------------------------------------------
@@ -115,9 +118,9 @@ AS_MANIFESTS=(--rm "${ENGINE[@]}" --network none --user 1000:1000 --read-only --
 
 phase "run the image: --help, sample, make docker-run"
 podman run --rm "${ENGINE[@]}" --network none "$IMAGE" --help > "$work/help.txt"
-grep -q 'launch' "$work/help.txt" || { cat "$work/help.txt"; echo "image-test: --help lists no commands" >&2; exit 1; }
+grep -q 'launch' "$work/help.txt" || { cat "$work/help.txt"; fail "--help lists no commands"; }
 user=$(podman run --rm "${ENGINE[@]}" --network none --entrypoint id "$IMAGE" -u)
-[ "$user" != 0 ] || { echo "image-test: the image runs as root by default" >&2; exit 1; }
+[ "$user" != 0 ] || fail "the image runs as root by default"
 
 mkdir "$work/image" && chown 1000:1000 "$work/image"
 podman run "${AS_MANIFESTS[@]}" -v "$work/image:$work/image" "$IMAGE" sample "$work/image/sample"
@@ -127,29 +130,30 @@ make --no-print-directory docker-run CONTAINER=podman IMAGE="$IMAGE" PLAN="$work
 phase_done
 
 phase "host make run (reference outputs)"
-make --no-print-directory run OUT="$work/host" > "$work/host-run.log" 2>&1 || { cat "$work/host-run.log"; exit 1; }
+make --no-print-directory run OUT="$work/host" > "$work/host-run.log" 2>&1 \
+  || { cat "$work/host-run.log"; fail "the host's make run failed"; }
 phase_done
 
 # ---------------------------------------------------------------------------------------------------------
 phase "compare outputs"
 not_ours=$(find "$work/image" \( ! -uid 1000 -o ! -gid 1000 \) -print)
-[ -z "$not_ours" ] || { echo "image-test: written by another user than 1000:1000:" >&2; echo "$not_ours" >&2; exit 1; }
+[ -z "$not_ours" ] || fail "written by another user than 1000:1000:"$'\n'"$not_ours"
 host_out=$work/host/sample/output image_out=$work/image/sample/output
 compared=0
 while IFS= read -r -d '' ref; do
   rel=${ref#"$host_out"/}
-  cmp "$ref" "$image_out/$rel" || { echo "image-test: $rel differs from the host's make run" >&2; exit 1; }
+  cmp "$ref" "$image_out/$rel" || fail "$rel differs from the host's make run"
   echo "identical: $rel ($(stat -c %s "$ref") bytes)"
   compared=$((compared + 1))
 done < <(find "$host_out/checkpoints" "$host_out/tokenizers" -type f -print0; \
          find "$host_out/datasets" -mindepth 2 -maxdepth 2 -type f -name '*.json' \
            ! -name stats.json -print0)
 ls "$host_out"/checkpoints/*.nemo >/dev/null && [ "$compared" -ge 3 ] \
-  || { echo "image-test: the host's make run wrote no .nemo / datasets to compare" >&2; exit 1; }
+  || fail "the host's make run wrote no .nemo / datasets to compare"
 for rejects in "$host_out"/datasets/*/rejects.jsonl; do
   rel=${rejects#"$host_out"/}
   [ "$(wc -l < "$rejects")" = "$(wc -l < "$image_out/$rel")" ] \
-    || { echo "image-test: $rel: another number of rejects than the host's" >&2; exit 1; }
+    || fail "$rel: another number of rejects than the host's"
 done
 phase_done
 echo "image-test: OK"
