@@ -6,9 +6,12 @@ and the pickle holds nothing but that argv. The job's Python must import submiti
 submitting virtualenv by default, or `python` inside the plan's container).
 
 - Slurm: the model job, one array per dataset (`submit_array`, at most `array_parallelism` tasks at once)
-  and each merge with `--dependency=afterok:<array>` and `--kill-on-invalid-dep=yes`, all submitted at once.
+  and each merge with `--dependency=afterok:<array>` and `--kill-on-invalid-dep=yes`, all submitted at once;
+  after the merge, alike, the dataset's Energon export (array, then finalize) and data check (one job, or
+  array then --merge).
 - local / debug: submitit knows no dependencies there, so `submit_plan` keeps the order itself: each
-  dataset's shards K at a time, its merge once they all succeeded; the model step runs alongside.
+  dataset's shards K at a time, its merge once they all succeeded, then its export and check the same way;
+  the model step runs alongside.
 - Exit codes: submitit's worker exits 1 whatever failed, so the command's own code (2 = bad input) travels
   in the job's result as `CommandFailed` and `exit_code` reads it back.
 - Retries: submitit requeues a job only when Slurm preempts it (a signal before the time limit); failures
@@ -34,8 +37,16 @@ import submitit
 
 from neva_prep import storage
 from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, StepFailed
-from neva_prep.launch.local import Task, tasks
-from neva_prep.launch.plan import Plan, load_plan, merge_job_name, model_job_name, shards_job_name
+from neva_prep.launch.local import Task, check_tasks, energon_tasks, tasks
+from neva_prep.launch.plan import (
+    Plan,
+    check_job_name,
+    energon_job_name,
+    load_plan,
+    merge_job_name,
+    model_job_name,
+    shards_job_name,
+)
 from neva_prep.launch.slurm import array_parallelism
 from neva_prep.launch.slurm import wait as wait_slurm
 
@@ -246,9 +257,95 @@ def _job_python(plan: Plan, cluster: str, python: str | None) -> str | None:
     return python
 
 
-def _submit_slurm(plan: Plan, folder: str, python: str | None) -> list[Step]:
+@dataclass
+class _Group:
+    """Commands submitted together (one Slurm job or array) once the group `after` succeeded."""
+
+    key: str
+    job_name: str
+    tasks: list[Task]
+    limit: int = 1  # at once (an array's %K)
+    after: str | None = None
+    array: bool = False
+    gpus: int = 0
+    blocked: str = "a step before it failed"  # why it is skipped when `after` failed
+
+
+def _groups(plan: Plan) -> list[_Group]:
+    """The plan's steps in submission order, each naming the group it follows: the model; per dataset its
+    shards, merge, then (after the merge) its Energon export and finalize, its check (and its --merge)."""
     first, merges = tasks(plan)
+    exports, finalize = energon_tasks(plan)
+    checks, check_merges = check_tasks(plan)
+    out = []
+    if plan.model is not None:
+        model = [t for t in first if t.dataset is None]
+        out.append(_Group("model", model_job_name(plan), model, gpus=plan.model.gpus))
+    for ds in plan.datasets:
+        shards = [t for t in first if t.dataset == ds.name]
+        out.append(
+            _Group(ds.name, shards_job_name(plan, ds), shards, array_parallelism(plan, ds), array=True)
+        )
+        merge = f"{ds.name} merge"
+        out.append(
+            _Group(
+                merge, merge_job_name(plan, ds), [merges[ds.name]], after=ds.name, blocked="a shard failed"
+            )
+        )
+        if ds.name in exports:
+            group = f"{ds.name} energon"
+            limit = min(len(exports[ds.name]), plan.slurm.array_parallelism or len(exports[ds.name]))
+            out.append(
+                _Group(
+                    group,
+                    energon_job_name(plan, ds),
+                    exports[ds.name],
+                    limit,
+                    merge,
+                    True,
+                    blocked="the merge failed",
+                )
+            )
+            out.append(
+                _Group(
+                    f"{group} index",
+                    energon_job_name(plan, ds, finalize=True),
+                    [finalize[group]],
+                    after=group,
+                    blocked="an export shard failed",
+                )
+            )
+        if ds.name in checks:
+            group, started = f"{ds.name} check", checks[ds.name]
+            sharded = group in check_merges
+            limit = min(len(started), plan.slurm.array_parallelism or len(started))
+            out.append(
+                _Group(
+                    group,
+                    check_job_name(plan, ds),
+                    started,
+                    limit,
+                    merge,
+                    sharded,
+                    blocked="the merge failed",
+                )
+            )
+            if sharded:
+                out.append(
+                    _Group(
+                        f"{group} merge",
+                        check_job_name(plan, ds, merge=True),
+                        [check_merges[group]],
+                        after=group,
+                        blocked="a check shard failed",
+                    )
+                )
+    return out
+
+
+def _submit_slurm(plan: Plan, folder: str, python: str | None) -> list[Step]:
     steps: list[Step] = []
+    job_ids: dict[str, str] = {}  # group -> the id its followers depend on (an array's id covers its tasks)
 
     def executor(job_name: str, gpus: int = 0, **extra: Any) -> submitit.Executor:
         ex = _executor("slurm", folder, python)  # one per job: parameters accumulate in an executor
@@ -257,23 +354,21 @@ def _submit_slurm(plan: Plan, folder: str, python: str | None) -> list[Step]:
         ex.update_parameters(**params, **extra)
         return ex
 
-    if plan.model is not None:
-        model = next(t for t in first if t.dataset is None)
-        ex = executor(model_job_name(plan), gpus=plan.model.gpus)
-        steps.append(Step(model.label, ex.submit(Command(tuple(model.argv)))))
-    for ds in plan.datasets:
-        shards = [t for t in first if t.dataset == ds.name]
-        ex = executor(shards_job_name(plan, ds), array_parallelism=array_parallelism(plan, ds))
-        jobs = ex.submit_array([Command(tuple(t.argv)) for t in shards])
-        steps += [Step(t.label, j, ds.name) for t, j in zip(shards, jobs, strict=True)]
-        array_id = jobs[0].job_id.split("_")[0]
-        ex = executor(
-            merge_job_name(plan, ds),
-            dependency=f"afterok:{array_id}",
-            additional_parameters={"kill-on-invalid-dep": "yes"},  # cancelled, never pending forever
-        )
-        merge = merges[ds.name]
-        steps.append(Step(merge.label, ex.submit(Command(tuple(merge.argv))), ds.name))
+    for group in _groups(plan):
+        extra: dict[str, Any] = {}
+        if group.after is not None:
+            extra["dependency"] = f"afterok:{job_ids[group.after]}"
+            extra["additional_parameters"] = {
+                "kill-on-invalid-dep": "yes"
+            }  # cancelled, never pending forever
+        if group.array:
+            extra["array_parallelism"] = group.limit
+        ex = executor(group.job_name, gpus=group.gpus, **extra)
+        commands = [Command(tuple(t.argv)) for t in group.tasks]
+        jobs = ex.submit_array(commands) if group.array else [ex.submit(commands[0])]
+        dataset = None if group.key == "model" else group.tasks[0].dataset
+        steps += [Step(t.label, j, dataset) for t, j in zip(group.tasks, jobs, strict=True)]
+        job_ids[group.key] = jobs[0].job_id.split("_")[0]
     return steps
 
 
@@ -285,8 +380,8 @@ def _submit_in_order(
     on_end: Callable[[StepEnd], None],
     poll: float,
 ) -> tuple[list[Step], list[StepEnd], list[str]]:
-    """local / debug: shards K at a time per dataset, each merge once its shards succeeded."""
-    first, merges = tasks(plan)
+    """local / debug: each group once the group it follows succeeded, at most its limit at a time. Returns
+    once every group is submitted: a group nothing follows is not waited for here (`_follow` does that)."""
     minutes = time_minutes(plan.slurm.time)
 
     def submit(task: Task, gpus: int = 0) -> Step:
@@ -295,34 +390,43 @@ def _submit_in_order(
             ex.update_parameters(timeout_min=minutes, gpus_per_node=gpus)
         return Step(task.label, ex.submit(Command(tuple(task.argv))), task.dataset)
 
-    steps = [submit(t, plan.model.gpus if plan.model else 0) for t in first if t.dataset is None]
+    groups = {g.key: g for g in _groups(plan)}
+    queued = {key: deque(g.tasks) for key, g in groups.items()}
+    running: dict[str, list[Step]] = {key: [] for key in groups}
+    state: dict[str, str] = {}  # group -> "ok" / "failed" once all its tasks ended, "skipped", "submitted"
+    failed: set[str] = set()
+    followed = {g.after for g in groups.values() if g.after}
+    steps: list[Step] = []
     ends: list[StepEnd] = []
     skipped: list[str] = []
-    queued = {ds.name: deque(t for t in first if t.dataset == ds.name) for ds in plan.datasets}
-    limit = {ds.name: array_parallelism(plan, ds) for ds in plan.datasets}
-    running: dict[str, list[Step]] = {name: [] for name in queued}
-    failed: set[str] = set()
-    while queued:
-        for name in list(queued):
-            for step in list(running[name]):
+    while len(state) < len(groups):
+        for key, group in groups.items():
+            if key in state:
+                continue
+            before = state.get(group.after) if group.after else "ok"
+            if before is None:
+                continue  # what it follows is still running
+            if before != "ok":
+                state[key] = "skipped"
+                skipped.append(f"{key} ({group.blocked})")
+                continue
+            for step in list(running[key]):
                 end = _ended(step)
                 if end is None:
                     continue
-                running[name].remove(step)
+                running[key].remove(step)
                 ends.append(end)
                 on_end(end)
                 if end.exit_code != EXIT_OK:
-                    failed.add(name)
-            while queued[name] and len(running[name]) < limit[name]:
-                running[name].append(step := submit(queued[name].popleft()))
+                    failed.add(key)
+            while queued[key] and len(running[key]) < group.limit:
+                running[key].append(step := submit(queued[key].popleft(), group.gpus))
                 steps.append(step)
-            if not queued[name] and not running[name]:
-                del queued[name]
-                if name in failed:
-                    skipped.append(f"{name} merge (a shard failed)")
-                else:
-                    steps.append(submit(merges[name]))
-        if queued:
+            if not queued[key] and key not in followed:
+                state[key] = "submitted"
+            elif not queued[key] and not running[key]:
+                state[key] = "failed" if key in failed else "ok"
+        if len(state) < len(groups):
             time.sleep(poll)
     return steps, ends, skipped
 
