@@ -13,6 +13,7 @@ import pytest
 import yaml
 from submitit.core.utils import DelayedSubmission
 
+from blocks_plan import block_outputs, write_blocks_plan
 from conftest import neva
 from neva_prep.errors import BadInput
 from neva_prep.launch.local import tasks
@@ -258,3 +259,23 @@ def test_debug_runs_the_plan_in_this_process(sample: Path, reference: Path, tmp_
     assert sorted(ends(done.stdout)) == ["llava 1/2", "llava 2/2", "llava merge"]
     want = {k: v for k, v in outputs(reference).items() if "llava" in k}
     assert outputs(tmp_path / "output") == want
+
+
+def test_local_runs_the_energon_and_check_blocks_after_the_merge(tmp_path: Path) -> None:
+    """Every launcher runs a dataset's `energon:` and `check:`: here submitit's local cluster, in order."""
+    reference = tmp_path / "ref"
+    reference.mkdir()
+    plan = write_blocks_plan(reference)
+    done = neva("launch", "local", str(plan), "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = yaml.safe_load(plan.read_text())
+    data["output"] = str(tmp_path / "submitit-output")
+    plan.write_text(yaml.safe_dump(data))
+    folder = str(tmp_path / "submitit")
+    run = neva("launch", "submitit", str(plan), "--folder", folder, "--cluster", "local", "--wait")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert sorted(ends(run.stdout)) == [
+        "caps 1/2", "caps 2/2", "caps check 1/2", "caps check 2/2", "caps check merge", "caps energon 1/2",
+        "caps energon 2/2", "caps energon index", "caps merge",
+    ]  # fmt: skip
+    assert block_outputs(tmp_path / "submitit-output") == block_outputs(reference / "output")
