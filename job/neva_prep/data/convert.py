@@ -22,9 +22,9 @@ import orjson
 from neva_prep import storage
 from neva_prep.data import shards
 from neva_prep.data.media import MediaRoot
-from neva_prep.data.readers import check_split, read_split
+from neva_prep.data.readers import check_split, columnar, read_split
 from neva_prep.data.readers.base import Split
-from neva_prep.data.readers.files import expand_sources, file_identity
+from neva_prep.data.readers.files import expand_sources, file_identity, file_kind
 from neva_prep.data.readers.split import splits_for_shard
 from neva_prep.data.records import (
     DUPLICATE_KEY,
@@ -196,6 +196,14 @@ class _Shard:
         self.records_pos = self.rejects_pos = 0
         self.lengths = Lengths()
 
+    def add_block(self, records: bytes | memoryview, index: bytes) -> None:
+        """Records (each ending with a newline) and their index entries, written as they are."""
+        self.flush()
+        self.files[0].write(records)
+        self.records_pos += len(records)
+        self.files[1].write(index)
+        self.lengths.merge(shards.index_lengths(index))
+
     def flush(self) -> None:
         records_f, index_f, rejects_f = self.files
         if self.records:
@@ -213,6 +221,37 @@ class _Shard:
             rejects_f.write(data)
             self.rejects_pos += len(data)
             self.rejects.clear()
+
+
+def _write_columnar(
+    out: _Shard,
+    split: Split,
+    ordinal: int,
+    options: ConvertOptions,
+    reasons: Counter[str],
+    progress: Reporter,
+) -> tuple[int, int, int]:
+    """A split by the columnar path (`readers/columnar.py`): (rows, converted, rejected)."""
+    rows = converted = rejected = 0
+    source = storage.redact(split.source)
+    for batch in columnar.convert_split(split, options, record_builder(options)):
+        out.add_block(batch.records, batch.index)
+        for split_row, exc, raw in batch.rejects:
+            reasons[exc.reason] += 1
+            reject = {
+                "source": source,
+                "split": ordinal,
+                "split_row": split_row,
+                "reason": exc.reason,
+                "detail": exc.detail,
+                "input": raw,
+            }
+            out.rejects.append(orjson.dumps(reject) + b"\n")
+        rows += batch.rows
+        converted += batch.converted
+        rejected += len(batch.rejects)
+        progress.advance(0, batch.rows, "rows")
+    return rows, converted, rejected
 
 
 def _write_shard(
@@ -235,6 +274,7 @@ def _write_shard(
     content_key = shards.content_key
     by_id = DUPLICATE_KEY[options.source_format] == "id"
     media_key = options.media
+    fmt = options.source_format
     label = f"data convert shard {shard_index}/{num_shards}"
 
     with ExitStack() as stack:
@@ -251,7 +291,10 @@ def _write_shard(
             rows = converted = rejected = 0
             records_start, rejects_start, index_start = out.records_pos, out.rejects_pos, total_converted
             source = storage.redact(split.source)
-            for row in read_split(split, options.source_format, options):
+            columns = not crash_after and columnar.applies(options, media_root, file_kind(split.source, fmt))
+            if columns:
+                rows, converted, rejected = _write_columnar(out, split, ordinal, options, reasons, progress)
+            for row in () if columns else read_split(split, fmt, options):
                 rows += 1
                 try:
                     record = build(row)
@@ -284,7 +327,7 @@ def _write_shard(
                         f.flush()
                     os._exit(137)
             out.flush()
-            progress.advance(0, rows % _FLUSH_ROWS, "rows")
+            progress.advance(0, 0 if columns else rows % _FLUSH_ROWS, "rows")
             total_rows += rows
             total_converted += converted
             total_rejected += rejected

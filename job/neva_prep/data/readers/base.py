@@ -110,14 +110,20 @@ def text_lines(f: IO[bytes], start: int, end: int) -> Iterator[tuple[str, bool]]
             data, carry = data[:cut], data[cut:]
             if not data:
                 continue
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            for bline in io.BytesIO(data):
-                try:
-                    yield bline.decode("utf-8"), True
-                except UnicodeDecodeError:
-                    yield bline.decode("utf-8", errors="replace"), False
-            continue
-        for line in io.StringIO(text, newline="\n"):
-            yield line, True
+        yield from decoded_lines(data)
+
+
+def decoded_lines(data: bytes) -> Iterator[tuple[str, bool]]:
+    """(line, decoded cleanly) for whole lines of bytes: decoded at once, or line by line when the block
+    holds invalid UTF-8 (bad lines with replacement characters)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        for bline in io.BytesIO(data):
+            try:
+                yield bline.decode("utf-8"), True
+            except UnicodeDecodeError:
+                yield bline.decode("utf-8", errors="replace"), False
+        return
+    for line in io.StringIO(text, newline="\n"):
+        yield line, True

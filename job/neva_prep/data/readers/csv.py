@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import IO
 
 from neva_prep import storage
@@ -34,7 +34,7 @@ def _csv_header(f: IO[bytes], source: str) -> tuple[list[str], int]:
     return [h.strip() for h in header], offset + len(record)
 
 
-def _csv_boundary(f: IO[bytes], known: int, pos: int) -> int:
+def csv_boundary(f: IO[bytes], known: int, pos: int) -> int:
     """The first record boundary >= pos, counting quote parity from `known` (a boundary <= pos): the offset
     just after a newline with an even number of `"` bytes between `known` and it (EOF if none)."""
     if pos <= known:
@@ -108,50 +108,56 @@ def read_csv(split: Split, fmt: str, options: ConvertOptions) -> Iterator[Row]:
     with storage.open_read(source) as f:
         header, data_start = csv_columns(f, source, fmt, options)
         size = f.seek(0, 2)
-        start = _csv_boundary(f, data_start, split.start)
-        end = size if split.end >= size else _csv_boundary(f, start, split.end)
+        start = csv_boundary(f, data_start, split.start)
+        end = size if split.end >= size else csv_boundary(f, start, split.end)
         if end <= start:
             return
-        ncols = len(header)
-        feed = _Feed()
-        reader = csv.reader(feed, strict=True)
-        n = 0
-        pending = ""
-        pending_ok = True
-        for line, ok in text_lines(f, start, end):
-            if pending:  # inside a quoted field that spans lines
-                pending += line
-                pending_ok = pending_ok and ok
-                if pending.count('"') % 2:
-                    continue
-                text, ok, pending = pending, pending_ok, ""
-            elif line.count('"') % 2:
-                pending, pending_ok = line, ok
+        yield from csv_rows(text_lines(f, start, end), header, source)
+
+
+def csv_rows(
+    lines: Iterable[tuple[str, bool]], header: list[str], source: str, first: int = 0
+) -> Iterator[Row]:
+    """The rows of whole lines of a CSV table (from a record boundary), numbered from `first` + 1."""
+    ncols = len(header)
+    feed = _Feed()
+    reader = csv.reader(feed, strict=True)
+    n = first
+    pending = ""
+    pending_ok = True
+    for line, ok in lines:
+        if pending:  # inside a quoted field that spans lines
+            pending += line
+            pending_ok = pending_ok and ok
+            if pending.count('"') % 2:
                 continue
-            else:
-                text = line
-                if len(text) <= 2 and not text.strip():
-                    continue  # a blank line is not a record
-            n += 1
-            raw = text.rstrip("\r\n")
-            if len(raw) > RAW_LIMIT:
-                raw = raw[:RAW_LIMIT] + "…"
-            if not ok:
-                yield Row(source, n, None, raw, "invalid utf-8: the row is not UTF-8 text")
-                continue
-            feed.text = text
-            try:
-                fields = next(reader)
-            except csv.Error as exc:
-                feed.text = None
-                yield Row(source, n, None, raw, f"malformed csv row: {exc}")
-                continue
-            if len(fields) != ncols:
-                yield Row(
-                    source, n, None, raw, f"malformed csv row: {len(fields)} fields, the header has {ncols}"
-                )
-                continue
-            yield Row(source, n, dict(zip(header, fields, strict=True)), raw, None)
-        if pending:  # an unterminated quote at the end of the split
-            raw = pending.rstrip("\r\n")[:RAW_LIMIT]
-            yield Row(source, n + 1, None, raw, "malformed csv row: unexpected end of data (unclosed quote)")
+            text, ok, pending = pending, pending_ok, ""
+        elif line.count('"') % 2:
+            pending, pending_ok = line, ok
+            continue
+        else:
+            text = line
+            if len(text) <= 2 and not text.strip():
+                continue  # a blank line is not a record
+        n += 1
+        raw = text.rstrip("\r\n")
+        if len(raw) > RAW_LIMIT:
+            raw = raw[:RAW_LIMIT] + "…"
+        if not ok:
+            yield Row(source, n, None, raw, "invalid utf-8: the row is not UTF-8 text")
+            continue
+        feed.text = text
+        try:
+            fields = next(reader)
+        except csv.Error as exc:
+            feed.text = None
+            yield Row(source, n, None, raw, f"malformed csv row: {exc}")
+            continue
+        if len(fields) != ncols:
+            detail = f"{len(fields)} fields, the header has {ncols}"
+            yield Row(source, n, None, raw, f"malformed csv row: {detail}")
+            continue
+        yield Row(source, n, dict(zip(header, fields, strict=True)), raw, None)
+    if pending:  # an unterminated quote at the end of the split
+        raw = pending.rstrip("\r\n")[:RAW_LIMIT]
+        yield Row(source, n + 1, None, raw, "malformed csv row: unexpected end of data (unclosed quote)")
