@@ -4,6 +4,8 @@ shards), for the tests that run it through a launcher and compare with `launch l
 from __future__ import annotations
 
 import io
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import yaml
@@ -13,6 +15,8 @@ from neva_prep.model.tokenizer import patch_tokenizer
 from neva_prep.sample import train_tokenizer
 
 COMPARED = ("caps.json", "rejects.jsonl", "report/lengths.jsonl", "report/findings.jsonl")
+NAMING_PATHS = ("report/summary.json", "energon/stats.json", "energon/rejects.jsonl")  # absolute paths inside
+RANDOM = "index.uuid"  # Energon's random id of the index; index.sqlite's rows are compared, not its bytes
 
 
 def write_blocks_plan(root: Path) -> Path:
@@ -59,10 +63,24 @@ def write_blocks_plan(root: Path) -> Path:
 
 
 def block_outputs(output: Path) -> dict[str, bytes]:
-    """What must be byte-identical whatever launcher ran the plan: the merge, the check's report lines,
-    the Energon tars."""
+    """What must be identical whatever launcher ran the plan: the merge, the check's report (lines and
+    summary), the Energon tars with their indexes and .nv-meta (index.sqlite: its rows, sorted). In the files
+    that name paths, `output` reads OUTPUT, so that runs into different output folders compare equal."""
     ds = output / "datasets" / "caps"
     found = {rel: (ds / rel).read_bytes() for rel in COMPARED}
-    found |= {str(p.relative_to(ds)): p.read_bytes() for p in sorted((ds / "energon").rglob("*.tar"))}
-    assert any(name.endswith(".tar") for name in found) and (ds / "energon" / ".nv-meta").is_dir()
+    for rel in NAMING_PATHS:
+        found[rel] = (ds / rel).read_text(encoding="utf-8").replace(str(output), "OUTPUT").encode()
+    energon = ds / "energon"
+    found |= {str(p.relative_to(ds)): p.read_bytes() for p in sorted(energon.glob("*/*.tar*"))}
+    meta = energon / ".nv-meta"
+    found |= {str(p.relative_to(ds)): p.read_bytes() for p in sorted(meta.iterdir()) if p.suffix != ".sqlite"}
+    assert len(found.pop(f"energon/.nv-meta/{RANDOM}")) == 36
+    with closing(sqlite3.connect(meta / "index.sqlite")) as db:
+        tables = [
+            t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        ]
+        for t in tables:
+            rows = sorted(db.execute(f"SELECT * FROM {t}"))  # Energon's workers insert in any order
+            found[f"energon/.nv-meta/index.sqlite:{t}"] = repr(rows).encode()
+    assert any(n.endswith(".tar") for n in found) and any(n.endswith("sqlite:samples") for n in found)
     return found
