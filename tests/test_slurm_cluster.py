@@ -1,8 +1,8 @@
 """`neva-prep launch slurm --submit` on a real single-node Slurm cluster (tests/slurm_cluster.py).
 
-The sample plan runs as Slurm jobs and gives the same outputs as running the steps by hand; a shard that
-exits 2 fails once and is reported; a shard killed while it runs is re-run by submitting again, and the
-merge result is unchanged."""
+The sample plan runs as Slurm jobs and gives the same outputs as running the steps by hand; a plan with
+`energon:` and `check:` blocks gives `launch local`'s outputs; a shard that exits 2 fails once and is
+reported; a shard killed while it runs is re-run by submitting again, and the merge result is unchanged."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from blocks_plan import block_outputs, write_blocks_plan
 from conftest import neva
 from neva_prep.launch.slurm import job_states, wait
 from neva_prep.sample import write_sample
@@ -113,6 +114,43 @@ def test_sample_plan_on_slurm_equals_running_the_steps_by_hand(
     for sub in ("checkpoints", "tokenizers"):
         assert files_under(tmp_path / "output" / sub) == files_under(ref / sub)
         assert files_under(ref / sub)
+
+
+def test_plan_with_energon_and_check_blocks_on_slurm_equals_launch_local(
+    slurm: SlurmCluster, tmp_path: Path
+) -> None:
+    """Each block's array waits for the merge, its finalize / --merge for the array (afterok): all complete,
+    and the merge, the Energon export and the check report are byte for byte `launch local`'s."""
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    plan = write_blocks_plan(inputs)
+    local = neva("launch", "local", str(plan), "--workers", "2")
+    assert local.returncode == 0, local.stdout + local.stderr
+    data = yaml.safe_load(plan.read_text())
+    data["output"] = str(tmp_path / "output")
+    data["slurm"] = {
+        "cpus_per_task": 1,
+        "time": "00:10:00",
+        "log_dir": str(tmp_path / "logs"),
+        "setup": [f"export PATH={VENV_BIN}:$PATH"],
+    }
+    plan.write_text(yaml.safe_dump(data, sort_keys=False))
+    done = neva("launch", "slurm", str(plan), "--out", str(tmp_path / "slurm"), "--wait", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr + slurm.logs()
+    ids = job_ids(done.stdout)
+    prefix = "neva-blocks-caps"
+    steps = ("", "-merge", "-energon", "-energon-index", "-check", "-check-merge")
+    assert set(ids) == {prefix + step for step in steps}
+    lines = done.stdout.splitlines()
+    for array in ("", "-energon", "-check"):  # 2 array tasks each, every one completed
+        assert [f"{prefix}{array} {ids[prefix + array]}_{i}: COMPLETED" in lines for i in (0, 1)] == [
+            True
+        ] * 2
+    for one in ("-merge", "-energon-index", "-check-merge"):
+        assert f"{prefix}{one} {ids[prefix + one]}: COMPLETED" in lines
+    merge_log = (tmp_path / "logs" / f"{prefix}-check-merge-{ids[prefix + '-check-merge']}.out").read_text()
+    assert "ready to train: 5 records, 0 with findings" in merge_log
+    assert block_outputs(tmp_path / "output") == block_outputs(inputs / "output")
 
 
 def test_bad_input_shard_fails_once_and_is_reported(
