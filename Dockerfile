@@ -13,6 +13,8 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # is refused with a message: pip would otherwise fetch a multi-GB torch that is not the image's. The
 # project's constraints.txt stops pip's resolver backtracking through boto3 / botocore releases. pyarrow 26
 # needs numpy 2 (its wheels declare no numpy requirement, so pip cannot see it): NeMo images keep numpy 1.x.
+# The energon extra (Megatron-Energon, for `data export energon --finalize`) is in the image so that a plan
+# with an `energon:` block runs in it like every other step.
 ARG NEMO_IMAGE
 COPY pyproject.toml README.md constraints.txt /src/neva-prep/
 COPY job/ /src/neva-prep/job/
@@ -28,8 +30,8 @@ RUN python -m pip list --format=freeze > /tmp/image-packages.txt \
          echo 'pyarrow<26' >> /tmp/image-constraints.txt; \
        fi \
     && python -m pip install --no-cache-dir --constraint /tmp/image-constraints.txt \
-         --constraint /src/neva-prep/constraints.txt /src/neva-prep \
-    && python -c "import torch, pyarrow, neva_prep.cli; print('torch', torch.__version__, pyarrow.__version__)" \
+         --constraint /src/neva-prep/constraints.txt '/src/neva-prep[energon]' \
+    && python -c "import torch, pyarrow, megatron.energon, neva_prep.cli; print('torch', torch.__version__, pyarrow.__version__)" \
     && rm -rf /src/neva-prep /tmp/image-packages.txt /tmp/image-constraints.txt
 
 # Run as a non-root user (uid 1000, as the Kubernetes manifests require); HOME and TMPDIR are writable
