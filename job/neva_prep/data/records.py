@@ -353,6 +353,63 @@ def _llava_builder(options: ConvertOptions) -> Callable[[Row], dict[str, Any]]:
     return build
 
 
+def llava_shortcut(media: str) -> Callable[[Any], tuple[dict[str, Any], int, int, int] | None]:
+    """For `--from llava`: the common record shape — `{"id", "image"|"video": one path, "conversations"}`,
+    every turn a `{"from", "value"}` in order — checked, retargeted and measured in one pass over its turns,
+    or None whenever anything differs from it, and the row path (`record_builder`) must decide.
+
+    Returns (record in canonical key order, turns, human chars, gpt chars). It accepts only what the row
+    path accepts and builds the same record (`tests/test_llava_shortcut.py` proves it on random records):
+    its tests are a subset of the rules above, so the reasons for a reject stay the row path's alone.
+    """
+    other = OTHER[media]
+    placeholder, other_placeholder = PLACEHOLDER[media], PLACEHOLDER[other]
+
+    def shortcut(value: Any) -> tuple[dict[str, Any], int, int, int] | None:
+        if type(value) is not dict or len(value) != 3:
+            return None
+        renamed = other in value
+        path = value.get(other if renamed else media)
+        rid = value.get("id")
+        turns = value.get("conversations")
+        if type(path) is not str or type(turns) is not list or len(turns) < 2:
+            return None
+        if type(rid) is str:
+            if not rid.strip():
+                return None
+        elif type(rid) is not int:
+            return None
+        if not path or path[0] in "/\\" or ":" in path or ".." in path or path.isspace():
+            return None
+        out = []
+        count = human = gpt = 0
+        expected = "human"
+        for turn in turns:
+            if type(turn) is not dict:
+                return None
+            text = turn.get("value")
+            if type(text) is not str or turn.get("from") != expected or not text or text.isspace():
+                return None
+            if other_placeholder in text:
+                if not renamed:
+                    return None
+                text = text.replace(other_placeholder, placeholder)
+                turn = {**turn, "value": text}
+            count += text.count(placeholder)
+            if expected == "human":
+                human += len(text)
+                expected = "gpt"
+            else:
+                gpt += len(text)
+                expected = "human"
+            out.append(turn)
+        if count != 1:
+            return None
+        return {"id": rid, media: path, "conversations": out}, len(out), human, gpt
+
+    return shortcut
+
+
 def _video_chatgpt(record: dict[str, Any], media: str) -> dict[str, Any]:
     """Video-ChatGPT `{"video_id", "q", "a"}` -> a 2-turn record on `<video_id>.mp4`, placeholder first."""
     vid, q, a = record["video_id"], record["q"], record["a"]
