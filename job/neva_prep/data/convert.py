@@ -31,6 +31,7 @@ from neva_prep.data.records import (
     ConvertOptions,
     RecordError,
     encode_record,
+    llava_shortcut,
     media_paths,
     record_builder,
 )
@@ -275,6 +276,7 @@ def _write_shard(
     by_id = DUPLICATE_KEY[options.source_format] == "id"
     media_key = options.media
     fmt = options.source_format
+    shortcut = llava_shortcut(media_key) if fmt == "llava" and media is None else None
     label = f"data convert shard {shard_index}/{num_shards}"
 
     with ExitStack() as stack:
@@ -296,28 +298,36 @@ def _write_shard(
                 rows, converted, rejected = _write_columnar(out, split, ordinal, options, reasons, progress)
             for row in () if columns else read_split(split, fmt, options):
                 rows += 1
-                try:
-                    record = build(row)
-                    if media is not None:
-                        media.check(media_paths(record, options.media), options.media)
-                except RecordError as exc:
-                    rejected += 1
-                    reasons[exc.reason] += 1
-                    reject = {
-                        "source": source,
-                        "split": ordinal,
-                        "split_row": row.split_row,
-                        "reason": exc.reason,
-                        "detail": exc.detail,
-                        "input": row.raw,
-                    }
-                    rejects.append(orjson.dumps(reject) + b"\n")
-                else:
+                done = shortcut(row.value) if shortcut is not None and row.error is None else None
+                if done is not None:  # the common LLaVA shape, checked in one pass (records.llava_shortcut)
+                    record, *lengths = done
                     converted += 1
-                    records.append(encode_record(record))
+                    records.append(orjson.dumps(record))
                     rid = id_key(record["id"])
-                    key = rid if by_id else content_key(record, media_key)
-                    index.append(pack(rid, key, row.split_row, *record_lengths(record)))
+                    index.append(pack(rid, content_key(record, media_key), row.split_row, *lengths))
+                else:
+                    try:
+                        record = build(row)
+                        if media is not None:
+                            media.check(media_paths(record, options.media), options.media)
+                    except RecordError as exc:
+                        rejected += 1
+                        reasons[exc.reason] += 1
+                        reject = {
+                            "source": source,
+                            "split": ordinal,
+                            "split_row": row.split_row,
+                            "reason": exc.reason,
+                            "detail": exc.detail,
+                            "input": row.raw,
+                        }
+                        rejects.append(orjson.dumps(reject) + b"\n")
+                    else:
+                        converted += 1
+                        records.append(encode_record(record))
+                        rid = id_key(record["id"])
+                        key = rid if by_id else content_key(record, media_key)
+                        index.append(pack(rid, key, row.split_row, *record_lengths(record)))
                 if rows % _FLUSH_ROWS == 0:
                     out.flush()
                     progress.advance(0, _FLUSH_ROWS, "rows")
