@@ -1,7 +1,7 @@
 """`neva-prep launch submitit` / `submit_plan`: the sample plan as submitit Jobs on the real single-node Slurm
 of the test suite (tests/slurm_cluster.py) and on submitit's local and debug executors, with the same
-outputs as `launch local`; a bad-input shard fails once and stops its merge; a re-submit skips what is
-complete."""
+outputs as `launch local` (also a plan with `energon:` and `check:` blocks); a bad-input shard fails once
+and stops its merge; a re-submit skips what is complete."""
 
 from __future__ import annotations
 
@@ -261,8 +261,14 @@ def test_debug_runs_the_plan_in_this_process(sample: Path, reference: Path, tmp_
     assert outputs(tmp_path / "output") == want
 
 
-def test_local_runs_the_energon_and_check_blocks_after_the_merge(tmp_path: Path) -> None:
-    """Every launcher runs a dataset's `energon:` and `check:`: here submitit's local cluster, in order."""
+@pytest.mark.parametrize("cluster", ["local", pytest.param("slurm", marks=pytest.mark.slurm)])
+def test_the_energon_and_check_blocks_run_after_the_merge(
+    cluster: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Every launcher runs a dataset's `energon:` and `check:`: submitit's local cluster in order, Slurm's
+    groups with afterok; the outputs are `launch local`'s."""
+    if cluster == "slurm":
+        request.getfixturevalue("slurm")
     reference = tmp_path / "ref"
     reference.mkdir()
     plan = write_blocks_plan(reference)
@@ -270,12 +276,26 @@ def test_local_runs_the_energon_and_check_blocks_after_the_merge(tmp_path: Path)
     assert done.returncode == 0, done.stdout + done.stderr
     data = yaml.safe_load(plan.read_text())
     data["output"] = str(tmp_path / "submitit-output")
+    data["slurm"] = SLURM
     plan.write_text(yaml.safe_dump(data))
-    folder = str(tmp_path / "submitit")
-    run = neva("launch", "submitit", str(plan), "--folder", folder, "--cluster", "local", "--wait")
+    folder = tmp_path / "submitit"
+    run = neva("launch", "submitit", str(plan), "--folder", str(folder), "--cluster", cluster, "--wait")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert sorted(ends(run.stdout)) == [
+    jobs = ends(run.stdout)
+    assert sorted(jobs) == [
         "caps 1/2", "caps 2/2", "caps check 1/2", "caps check 2/2", "caps check merge", "caps energon 1/2",
         "caps energon 2/2", "caps energon index", "caps merge",
     ]  # fmt: skip
+    assert {verdict for _, verdict in jobs.values()} == {"ok"}
     assert block_outputs(tmp_path / "submitit-output") == block_outputs(reference / "output")
+    if cluster == "slurm":  # each group after the one it reads; an array's id covers its tasks
+        job = {label: job_id.split("_")[0] for label, (job_id, _) in jobs.items()}
+        for label, after in (
+            ("caps merge", "caps 1/2"),
+            ("caps energon 1/2", "caps merge"),
+            ("caps energon index", "caps energon 2/2"),
+            ("caps check 2/2", "caps merge"),
+            ("caps check merge", "caps check 1/2"),
+        ):
+            script = (folder / f"{job[label]}_submission.sh").read_text()
+            assert f"#SBATCH --dependency=afterok:{job[after]}\n" in script, label
