@@ -433,10 +433,8 @@ def bytes_read() -> Iterator[list[int]]:
 def test_json_array_shard_reads_its_share_not_the_prefix(tmp_path: Path) -> None:
     # The last of 4 shards used to scan the 3/4 of the file before its range to learn the bracket depth:
     # 4 shards then read ~2.5 file sizes and shard 3 took as long as a whole run.
-    records = [
-        {"id": str(i), "image": f"d/{i}.jpg", "conversations": [{"from": "human", "value": "<image>\nq"}]}
-        for i in range(20_000)
-    ]
+    turns = [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}] * 8  # objects too
+    records = [{"id": str(i), "image": f"d/{i}.jpg", "conversations": turns} for i in range(4000)]
     path = tmp_path / "big.json"
     path.write_bytes(orjson.dumps(records, option=orjson.OPT_INDENT_2))
     size = path.stat().st_size

@@ -146,32 +146,36 @@ def split_boundary(f: IO[bytes], source: str, pos: int, close: int) -> int:
     return at
 
 
-_SEPARATOR = re.compile(rb"\}[ \t\r\n]*,(?=[ \t\r\n]*\{)")
-_TRIES = 8
+_SEPARATORS = (
+    re.compile(rb"\][ \t\r\n]*\}[ \t\r\n]*,(?=[ \t\r\n]*\{)"),  # LLaVA: a record ends with its turns
+    re.compile(rb"\}[ \t\r\n]*,(?=[ \t\r\n]*\{)"),
+)
+_TRIES = 16
 
 
 def _guessed_boundary(f: IO[bytes], pos: int, close: int) -> int | None:
     """The offset after the first `}` `,` `{` separator at or after `pos` such that the elements from there
-    to the last separator of a window (or to the closing bracket) parse; None after `_TRIES` failures or
-    with no separator in the window (elements that are not objects, or huge ones): scan exactly then."""
+    to the last separator of a window (or to the closing bracket) parse as objects; a separator inside a
+    nested list or a string fails the parse. LLaVA's `]},{` is tried first (its turns are objects too).
+    None after `_TRIES` failures each, or with no separator in the window (elements that are not objects,
+    or huge ones): the caller scans exactly then."""
     window = max(base.READ, 2**16)
     origin = max(0, pos - 64)
     f.seek(origin)
     data = f.read(min(pos - origin + window, close - origin))
     reaches_close = origin + len(data) >= close
-    ends = [m.end() for m in _SEPARATOR.finditer(data, pos - 1 - origin)]
-    for i, cut in enumerate(ends[:_TRIES]):
-        if origin + cut < pos:
-            continue
-        last = len(data) if reaches_close else (ends[-1] - 1 if ends[-1] > cut else None)
-        if last is None:
-            return None
-        try:
-            values = orjson.loads(b"[" + data[cut:last] + b"]")
-        except orjson.JSONDecodeError:
-            continue
-        if values and all(type(v) is dict for v in values) and (reaches_close or i + 1 < len(ends)):
-            return origin + cut
+    for pattern in _SEPARATORS:
+        ends = [m.end() for m in pattern.finditer(data, pos - 1 - origin) if origin + m.end() >= pos]
+        for i, cut in enumerate(ends[:_TRIES]):
+            last = len(data) if reaches_close else ends[-1] - 1
+            if last <= cut:
+                break
+            try:
+                values = orjson.loads(b"[" + data[cut:last] + b"]")
+            except orjson.JSONDecodeError:
+                continue
+            if values and all(type(v) is dict for v in values) and (reaches_close or i + 1 < len(ends)):
+                return origin + cut
     return None
 
 
