@@ -24,6 +24,18 @@ from neva_prep.data.readers import base, columnar
 from neva_prep.data.records import ConvertOptions
 
 WEBVID = ConvertOptions("webvid", "video")
+CAPTIONS = {"media_column": "page_dir", "caption_column": "name"}
+TABLES = {  # the same rows read as each table the columnar path reads
+    "webvid": (WEBVID, "csv"),
+    "webvid --prompts": (ConvertOptions("webvid", "video", prompts="video_brief"), "csv"),
+    "captions": (ConvertOptions("captions", "image", **CAPTIONS), "csv"),
+    "captions --id-column": (ConvertOptions("captions", "video", **CAPTIONS, id_column="videoid"), "csv"),
+    "captions parquet": (ConvertOptions("captions", "image", **CAPTIONS), "parquet"),
+    "captions parquet --id-column": (
+        ConvertOptions("captions", "image", **CAPTIONS, id_column="videoid"),
+        "parquet",
+    ),
+}
 FILES = (shards.RECORDS, shards.INDEX, shards.REJECTS, shards.STATS)
 
 
@@ -37,7 +49,9 @@ def reads_of(size: int) -> Iterator[None]:
         base.CHUNK, base.READ = old
 
 
-def shard_files(src: Path, dst: Path, *, vectorized: bool, num_shards: int = 1) -> list[bytes]:
+def shard_files(
+    src: Path, dst: Path, *, vectorized: bool, num_shards: int = 1, options: ConvertOptions = WEBVID
+) -> list[bytes]:
     """Every file of every shard of `src` converted by one path."""
     real = columnar.applies
     if not vectorized:
@@ -45,7 +59,7 @@ def shard_files(src: Path, dst: Path, *, vectorized: bool, num_shards: int = 1) 
     try:
         out = []
         for i in range(num_shards):
-            convert.convert_shard(str(src), str(dst), options=WEBVID, num_shards=num_shards, shard_index=i)
+            convert.convert_shard(str(src), str(dst), options=options, num_shards=num_shards, shard_index=i)
             folder = Path(shards.shard_dir(str(dst), i, num_shards))
             out += [(folder / name).read_bytes() for name in FILES]
         return out
@@ -138,6 +152,10 @@ _ONE_RULE_EACH = [
     _one(videoid="1/../2"),
     _one(videoid="a\tb"),
     _one(videoid=""),
+    _one(page_dir="d/.x"),  # a basename starting with "." has no extension (posixpath.splitext)
+    _one(page_dir="d/x."),
+    _one(page_dir="a.b/c"),
+    _one(page_dir="a/b.c.d"),
 ]
 
 
@@ -148,41 +166,68 @@ _ONE_RULE_EACH = [
     crlf=st.booleans(),
     shards_=st.integers(1, 3),
     read=st.sampled_from([64, 300, 4 * 2**20]),
+    table=st.sampled_from(list(TABLES)),
 )
-@example(rows=_ONE_RULE_EACH[0], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[1], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[2], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[3], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[4], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[5], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[6], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[7], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[8], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[9], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[10], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[11], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[12], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[13], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[14], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[15], raw=[], crlf=False, shards_=1, read=64)
-@example(rows=_ONE_RULE_EACH[16], raw=[], crlf=False, shards_=1, read=64)
+@example(rows=_ONE_RULE_EACH[0], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[1], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[2], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[3], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[4], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[5], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[6], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[7], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[8], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[9], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[10], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[11], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[12], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[13], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[14], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[15], raw=[], crlf=False, shards_=1, read=64, table="webvid")
+@example(rows=_ONE_RULE_EACH[16], raw=[], crlf=False, shards_=1, read=64, table="webvid")
 def test_vectorized_path_equals_row_path(
-    rows: list[dict[str, str]], raw: list[tuple[int, str]], crlf: bool, shards_: int, read: int
+    rows: list[dict[str, str]], raw: list[tuple[int, str]], crlf: bool, shards_: int, read: int, table: str
 ) -> None:
-    text = write_csv(rows, raw, crlf)
+    both_paths_agree(rows, raw, crlf, shards_, read, table)
+
+
+def both_paths_agree(
+    rows: list[dict[str, str]], raw: list[tuple[int, str]], crlf: bool, shards_: int, read: int, table: str
+) -> None:
+    options, kind = TABLES[table]
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp, "webvid.csv")
-        src.write_bytes(text.encode("utf-8", errors="surrogateescape").replace("\xff".encode(), b"\xff"))
+        if kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            src = Path(tmp, "captions.parquet")
+            names = ("videoid", "contentUrl", "page_dir", "name")
+            data = pa.table({k: pa.array([r[k] for r in rows], pa.string()) for k in names})
+            pq.write_table(data, src, row_group_size=max(1, read // 64))
+        else:
+            text = write_csv(rows, raw, crlf)
+            src = Path(tmp, "webvid.csv")
+            src.write_bytes(text.encode("utf-8").replace("\xff".encode(), b"\xff"))
         with reads_of(read):
             try:
-                expected: Any = shard_files(src, Path(tmp, "row"), vectorized=False, num_shards=shards_)
+                expected: Any = shard_files(
+                    src, Path(tmp, "row"), vectorized=False, num_shards=shards_, options=options
+                )
             except Exception as exc:  # the same failure is expected of both
                 expected = repr(exc)
             try:
-                got: Any = shard_files(src, Path(tmp, "col"), vectorized=True, num_shards=shards_)
+                got: Any = shard_files(
+                    src, Path(tmp, "col"), vectorized=True, num_shards=shards_, options=options
+                )
             except Exception as exc:
                 got = repr(exc)
         assert got == expected
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+@pytest.mark.parametrize("rule", range(len(_ONE_RULE_EACH)))
+def test_one_rule_at_a_time(rule: int, table: str) -> None:
+    both_paths_agree(_ONE_RULE_EACH[rule], [], False, 1, 64, table)
 
 
 def test_clean_rows_never_reach_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -216,3 +261,32 @@ def test_clean_rows_never_reach_python(tmp_path: Path, monkeypatch: pytest.Monke
         'Write a terse but informative summary of the following video clip."},{"from":"gpt","value":'
         '"Cap, \\"0\\" ok"}]}'
     )
+
+
+def test_parquet_nulls_and_other_types_take_the_row_path(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 500
+    table = pa.table(
+        {
+            "page_dir": [None if i % 97 == 0 else f"d/{i}.jpg" for i in range(n)],
+            "name": [None if i % 89 == 0 else f"caption {i}" for i in range(n)],
+            "videoid": [f"k{i}" for i in range(n)],
+        }
+    )
+    typed = pa.table(
+        {
+            "page_dir": [f"d/{i}.jpg" for i in range(n)],
+            "name": [f"c {i}" for i in range(n)],
+            "videoid": list(range(n)),
+        }
+    )  # integer ids: str() by the row path
+    for data in (table, typed):
+        src = tmp_path / "t.parquet"
+        pq.write_table(data, src, row_group_size=64)
+        for id_column in (None, "videoid"):
+            options = ConvertOptions("captions", "image", **CAPTIONS, id_column=id_column)
+            got = shard_files(src, tmp_path / "col", vectorized=True, num_shards=2, options=options)
+            assert got == shard_files(src, tmp_path / "row", vectorized=False, num_shards=2, options=options)
+            assert (b"missing field" in got[2] + got[6]) == (data is table)

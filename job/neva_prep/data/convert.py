@@ -227,6 +227,7 @@ class _Shard:
 def _write_columnar(
     out: _Shard,
     split: Split,
+    kind: str,
     ordinal: int,
     options: ConvertOptions,
     reasons: Counter[str],
@@ -235,7 +236,7 @@ def _write_columnar(
     """A split by the columnar path (`readers/columnar.py`): (rows, converted, rejected)."""
     rows = converted = rejected = 0
     source = storage.redact(split.source)
-    for batch in columnar.convert_split(split, options, record_builder(options)):
+    for batch in columnar.convert_split(split, options, record_builder(options), kind):
         out.add_block(batch.records, batch.index)
         for split_row, exc, raw in batch.rejects:
             reasons[exc.reason] += 1
@@ -293,9 +294,12 @@ def _write_shard(
             rows = converted = rejected = 0
             records_start, rejects_start, index_start = out.records_pos, out.rejects_pos, total_converted
             source = storage.redact(split.source)
-            columns = not crash_after and columnar.applies(options, media_root, file_kind(split.source, fmt))
+            kind = file_kind(split.source, fmt)
+            columns = not crash_after and columnar.applies(options, media_root, kind)
             if columns:
-                rows, converted, rejected = _write_columnar(out, split, ordinal, options, reasons, progress)
+                rows, converted, rejected = _write_columnar(
+                    out, split, kind, ordinal, options, reasons, progress
+                )
             for row in () if columns else read_split(split, fmt, options):
                 rows += 1
                 done = shortcut(row.value) if shortcut is not None and row.error is None else None

@@ -1,19 +1,21 @@
-"""WebVid CSV at columnar speed: a block of whole records at a time, parsed by pyarrow (C++), every rule
-checked as a vectorized mask, records built as one string each by arrow kernels and written as the
-buffer they sit in. Python sees only the rows a mask flags, and decides them with the ONE row path
-(`csv.csv_rows` + `records.record_builder`), so records and rejects are those of the row path, byte for
-byte (`tests/test_columnar.py` proves it on random rows).
+"""Caption tables at columnar speed (WebVid CSV; captions CSV and Parquet): a block of whole records at a
+time, parsed by pyarrow (C++), every rule checked as a vectorized mask, records built as one string each by
+arrow kernels and written as the buffer they sit in. Python sees only the rows a mask flags, and decides them
+with the ONE row path (`csv.csv_rows` / the Parquet row + `records.record_builder`), so records and rejects
+are those of the row path, byte for byte (`tests/test_columnar.py` proves it on random rows).
 
-A block goes whole to the row path when pyarrow and Python's csv module could read it differently: a
+A CSV block goes whole to the row path when pyarrow and Python's csv module could read it differently: a
 quote that does not open or close a field (`"bad "quote" inside"`: Python rejects it, pyarrow reads it),
 a carriage return that does not end a line, a blank-looking short line, invalid UTF-8, a row with the
-wrong number of fields, an unclosed quote at the end, or any disagreement on the number of rows.
+wrong number of fields, an unclosed quote at the end, or any disagreement on the number of rows. A Parquet
+batch goes whole to the row path when a column it needs is not text.
 The flags are a superset of the rows the rules reject: a row that passes them passes every rule.
 """
 
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,21 +28,52 @@ import pyarrow.csv as pacsv
 
 from neva_prep import storage
 from neva_prep.data import shards
+from neva_prep.data.prompts import load_prompts
 from neva_prep.data.readers import base
-from neva_prep.data.readers.base import Split, decoded_lines
+from neva_prep.data.readers.base import Row, Split, decoded_lines
 from neva_prep.data.readers.csv import WEBVID_COLUMNS, csv_boundary, csv_columns, csv_rows
-from neva_prep.data.records import WEBVID_PROMPT, ConvertOptions, RecordError, encode_record
+from neva_prep.data.readers.parquet import parquet_columns, row_groups
+from neva_prep.data.records import PLACEHOLDER, WEBVID_PROMPT, ConvertOptions, RecordError, encode_record
+from neva_prep.data.stats import record_lengths
 
-HUMAN = "<video>\n" + WEBVID_PROMPT
-_HUMAN_JSON = orjson.dumps(HUMAN).decode()
 _NL, _CR, _QUOTE, _COMMA = 10, 13, 34, 44
+Build = Callable[[Row], dict[str, Any]]
 
 
 def applies(options: ConvertOptions, media_root: str | None, kind: str) -> bool:
-    """WebVid with the guide's prompt and no media check: every record then follows one template."""
-    return (
-        options.source_format == "webvid" and options.prompts is None and media_root is None and kind == "csv"
-    )
+    """Caption tables without a media check: every record then follows one template."""
+    if media_root is not None:
+        return False
+    if options.source_format == "webvid":
+        return kind == "csv"
+    return options.source_format == "captions" and kind in ("csv", "parquet")
+
+
+@dataclass(frozen=True)
+class _Template:
+    """How a table's columns become records: which columns, which human turns, which duplicate key."""
+
+    media: str
+    columns: tuple[str, ...]
+    humans: tuple[str, ...]  # the human turn for prompt i
+    choose: bool  # the prompt is chosen by the id (`prompts.choose_prompt`); else humans[0]
+    by_id: bool  # the duplicate key is the id (WebVid), else the content
+
+
+def _template(options: ConvertOptions) -> _Template:
+    media = options.media
+    if options.source_format == "webvid":
+        if options.prompts is None:
+            return _Template(media, WEBVID_COLUMNS, ("<video>\n" + WEBVID_PROMPT,), False, True)
+        prompts = load_prompts(options.prompts, "video")
+        return _Template(media, WEBVID_COLUMNS, tuple("<video>\n" + p for p in prompts), True, True)
+    assert options.media_column and options.caption_column
+    columns = [options.media_column, options.caption_column]
+    if options.id_column:
+        columns.append(options.id_column)
+    prefix = PLACEHOLDER[media] + "\n"
+    humans = tuple(prefix + p for p in load_prompts(options.prompts, media))
+    return _Template(media, tuple(columns), humans, True, False)
 
 
 @dataclass
@@ -55,13 +88,19 @@ class Batch:
     rejects: list[tuple[int, RecordError, str]] = field(default_factory=list)
 
 
-def convert_split(
-    split: Split, options: ConvertOptions, build: Callable[[Any], dict[str, Any]]
-) -> Iterator[Batch]:
+def convert_split(split: Split, options: ConvertOptions, build: Build, kind: str) -> Iterator[Batch]:
     """The split's records and rejects, a block (~`base.READ` bytes of whole records) at a time."""
+    template = _template(options)
+    if kind == "parquet":
+        yield from _parquet_batches(split, options, build, template)
+    else:
+        yield from _csv_batches(split, options, build, template)
+
+
+def _csv_batches(split: Split, options: ConvertOptions, build: Build, template: _Template) -> Iterator[Batch]:
     source = split.source
     with storage.open_read(source) as f:
-        header, data_start = csv_columns(f, source, "webvid", options)
+        header, data_start = csv_columns(f, source, options.source_format, options)
         size = f.seek(0, 2)
         start = csv_boundary(f, data_start, split.start)
         end = size if split.end >= size else csv_boundary(f, start, split.end)
@@ -80,9 +119,55 @@ def convert_split(
                 carry = data
                 continue
             block, carry = data[:cut], data[cut:]
-            batch = _block(block, header, source, n, build)
+            batch = _csv_block(block, header, source, n, build, template)
             n += batch.rows
             yield batch
+
+
+def _parquet_batches(
+    split: Split, options: ConvertOptions, build: Build, template: _Template
+) -> Iterator[Batch]:
+    source = split.source
+    with storage.open_read(source) as f:
+        pf, needed = parquet_columns(f, source, options)
+        groups = row_groups(pf, split)
+        if not groups:
+            return
+        n = 0
+        for batch in pf.iter_batches(batch_size=65536, row_groups=groups, columns=needed or None):
+            first = n
+            n += batch.num_rows
+
+            def row(i: int, batch: Any = batch, first: int = first) -> Row:
+                return Row(source, first + i + 1, batch.slice(i, 1).to_pylist()[0], None, None)
+
+            if not all(pa.types.is_string(t) or pa.types.is_large_string(t) for t in batch.schema.types):
+                yield _rows(batch.num_rows, row, build, template)
+                continue
+            columns = {name: pc.cast(batch.column(name), pa.string()) for name in template.columns}
+            nulls = np.zeros(batch.num_rows, dtype=bool)
+            for column in columns.values():
+                if column.null_count:
+                    nulls |= column.is_null().to_numpy(zero_copy_only=False)
+            columns = {name: pc.fill_null(c, "") for name, c in columns.items()}
+            yield _vectorized(columns, batch.num_rows, first, row, build, template, nulls)
+
+
+def _rows(count: int, row: Callable[[int], Row], build: Build, template: _Template) -> Batch:
+    """`count` rows, each by the row path."""
+    records: list[bytes] = []
+    index: list[bytes] = []
+    rejects: list[tuple[int, RecordError, str]] = []
+    for i in range(count):
+        r = row(i)
+        try:
+            record = build(r)
+        except RecordError as exc:
+            rejects.append((r.split_row, exc, r.raw))
+            continue
+        records.append(encode_record(record) + b"\n")
+        index.append(_entry(record, r.split_row, by_id=template.by_id, media=template.media))
+    return Batch(b"".join(records), b"".join(index), count, len(records), rejects)
 
 
 def _last_boundary(data: bytes) -> int:
@@ -97,7 +182,9 @@ def _last_boundary(data: bytes) -> int:
     return int(outside[-1]) + 1 if len(outside) else 0
 
 
-def _row_path(block: bytes, header: list[str], source: str, first: int, build: Callable[[Any], Any]) -> Batch:
+def _csv_row_path(
+    block: bytes, header: list[str], source: str, first: int, build: Build, template: _Template
+) -> Batch:
     """The block as the row path reads and builds it."""
     records: list[bytes] = []
     index: list[bytes] = []
@@ -111,13 +198,15 @@ def _row_path(block: bytes, header: list[str], source: str, first: int, build: C
             rejects.append((row.split_row, exc, row.raw))
             continue
         records.append(encode_record(record) + b"\n")
-        rid = shards.id_key(record["id"])
-        index.append(
-            shards.INDEX_ENTRY.pack(
-                rid, rid, row.split_row, 2, len(HUMAN), len(record["conversations"][1]["value"])
-            )
-        )
+        index.append(_entry(record, row.split_row, by_id=template.by_id, media=template.media))
     return Batch(b"".join(records), b"".join(index), rows, len(records), rejects)
+
+
+def _entry(record: dict[str, Any], split_row: int, *, by_id: bool, media: str) -> bytes:
+    """The index entry of a row-path record, as `convert` makes it."""
+    rid = shards.id_key(record["id"])
+    key = rid if by_id else shards.content_key(record, media)
+    return shards.INDEX_ENTRY.pack(rid, key, split_row, *record_lengths(record))
 
 
 def _records(a: np.ndarray, block: bytes) -> tuple[np.ndarray, np.ndarray] | None:
@@ -154,11 +243,13 @@ def _records(a: np.ndarray, block: bytes) -> tuple[np.ndarray, np.ndarray] | Non
     return starts, ends
 
 
-def _block(block: bytes, header: list[str], source: str, first: int, build: Callable[[Any], Any]) -> Batch:
+def _csv_block(
+    block: bytes, header: list[str], source: str, first: int, build: Build, template: _Template
+) -> Batch:
     a = np.frombuffer(block, dtype=np.uint8)
     spans = _records(a, block)
     if spans is None:
-        return _row_path(block, header, source, first, build)
+        return _csv_row_path(block, header, source, first, build, template)
     starts, ends = spans
     try:
         table = pacsv.read_csv(
@@ -166,8 +257,8 @@ def _block(block: bytes, header: list[str], source: str, first: int, build: Call
             read_options=pacsv.ReadOptions(column_names=header, use_threads=False, block_size=len(block) + 1),
             parse_options=pacsv.ParseOptions(newlines_in_values=True, ignore_empty_lines=True),
             convert_options=pacsv.ConvertOptions(
-                include_columns=list(WEBVID_COLUMNS),
-                column_types=dict.fromkeys(WEBVID_COLUMNS, pa.string()),
+                include_columns=list(template.columns),
+                column_types=dict.fromkeys(template.columns, pa.string()),
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
                 null_values=[],
@@ -175,79 +266,132 @@ def _block(block: bytes, header: list[str], source: str, first: int, build: Call
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return _row_path(block, header, source, first, build)
+        return _csv_row_path(block, header, source, first, build, template)
     if table.num_rows != len(starts):
-        return _row_path(block, header, source, first, build)
-    vid, page, name = (table.column(c).combine_chunks() for c in ("videoid", "page_dir", "name"))
-    # Rows Python must decide: a field empty or starting with white space or non-ASCII (isspace), a media
-    # placeholder in the caption, a page_dir that may make an absolute or escaping path, a control character
-    # or backslash JSON would escape (quotes are escaped below).
-    flag = pc.invert(pc.match_substring_regex(vid, r"^[!-~]"))
-    flag = pc.or_(flag, pc.invert(pc.match_substring_regex(page, r"^[!-~]")))
-    flag = pc.or_(flag, pc.invert(pc.match_substring_regex(name, r"^[!-~]")))
-    flag = pc.or_(flag, pc.match_substring_regex(name, r"<image>|<video>"))
-    flag = pc.or_(flag, pc.match_substring_regex(page, r"^[/\\]|:|\.\."))
-    flag = pc.or_(flag, pc.match_substring(vid, ".."))
-    for column in (vid, page):
-        flag = pc.or_(flag, pc.match_substring_regex(column, r'[\x00-\x1f\\"]'))
-    flag = pc.or_(flag, pc.match_substring_regex(name, r"[\x00-\x1f\\]"))
-    name_json = pc.replace_substring(name, '"', '\\"')
-    flag_np = flag.to_numpy(zero_copy_only=False)
-    row_numbers = np.arange(first + 1, first + 1 + len(starts), dtype=np.uint32)
+        return _csv_row_path(block, header, source, first, build, template)
+
+    def row(i: int) -> Row:
+        text = block[starts[i] : ends[i]].decode("utf-8")
+        (one,) = csv_rows([(text, True)], header, source, first + i)
+        return one
+
+    columns = {name: table.column(name).combine_chunks() for name in template.columns}
+    return _vectorized(columns, len(starts), first, row, build, template, None)
+
+
+def _not_plain(column: pa.Array) -> pa.Array:
+    """True where a value is empty or starts with white space or a non-ASCII character (Python's
+    `isspace` may hold), or holds a character JSON escapes other than `"` (control characters, `\\`)."""
+    return pc.or_(
+        pc.invert(pc.match_substring_regex(column, r"^[!-~]")),
+        pc.match_substring_regex(column, r"[\x00-\x1f\\]"),
+    )
+
+
+def _path_flags(path: pa.Array) -> pa.Array:
+    """True where a media path may be absolute or escape its folder (a superset of `records.check_path`)."""
+    return pc.match_substring_regex(path, r'^[/\\]|:|\.\.|"')
+
+
+def _vectorized(
+    columns: dict[str, pa.Array],
+    count: int,
+    first: int,
+    row: Callable[[int], Row],
+    build: Build,
+    template: _Template,
+    nulls: np.ndarray | None,
+) -> Batch:
+    """The records of `count` rows given as string columns; flagged rows go to the row path (`row(i)`)."""
+    media = template.media
+    if template.by_id:  # WebVid
+        vid, page, caption = columns["videoid"], columns["page_dir"], columns["name"]
+        rid = vid
+        path = pc.binary_join_element_wise(page, "/", vid, ".mp4", "")
+        flag = pc.or_(pc.or_(_not_plain(vid), _not_plain(page)), _path_flags(page))
+        flag = pc.or_(flag, pc.match_substring_regex(vid, r'\.\.|"'))
+    else:
+        names = list(columns)
+        path, caption = columns[names[0]], columns[names[1]]
+        flag = pc.or_(_not_plain(path), _path_flags(path))
+        if len(names) > 2:
+            rid = columns[names[2]]
+            flag = pc.or_(pc.or_(flag, _not_plain(rid)), pc.match_substring(rid, '"'))
+        else:  # `records.default_id`: the path less its extension (a basename starting with "." to Python)
+            flag = pc.or_(flag, pc.match_substring_regex(path, r"(^|/)\.[^/]*$"))
+            rid = pc.replace_substring_regex(path, r"\.[^./]*$", "")
+    flag = pc.or_(flag, _not_plain(caption))
+    flag = pc.or_(flag, pc.match_substring_regex(caption, r"<image>|<video>"))
+    flag_np = np.asarray(flag.to_numpy(zero_copy_only=False), dtype=bool)
+    if nulls is not None:
+        flag_np |= nulls
+    caption_json = pc.replace_substring(caption, '"', '\\"')
+    humans = [orjson.dumps(h).decode() for h in template.humans]
+    human: pa.Array | str
+    if template.choose:  # `prompts.choose_prompt`: CRC-32 of the id's UTF-8 bytes modulo the list length
+        crc = zlib.crc32
+        ids = rid.to_pylist()
+        choice = np.fromiter((crc(s.encode()) for s in ids), dtype=np.int64, count=count) % len(humans)
+        human = pa.array(humans, pa.string()).take(pa.array(choice))
+    else:
+        ids = None
+        choice = np.zeros(count, dtype=np.int64)
+        human = humans[0]
+    conversations = [',"conversations":[{"from":"human","value":', human, '},{"from":"gpt","value":"']
+    built = pc.binary_join_element_wise(
+        '{"id":"', rid, f'","{media}":"', path, '"', *conversations, caption_json, '"}]}\n', ""
+    )
     keep = ~flag_np
     accepted: dict[int, bytes] = {}
-    rejects: list[tuple[int, RecordError, str]] = []
     extra_index: dict[int, bytes] = {}
+    rejects: list[tuple[int, RecordError, str]] = []
     for i in np.flatnonzero(flag_np).tolist():
-        text = block[starts[i] : ends[i]].decode("utf-8")
-        (row,) = csv_rows([(text, True)], header, source, first + i)
+        r = row(i)
         try:
-            record = build(row)
+            record = build(r)
         except RecordError as exc:
-            rejects.append((row.split_row, exc, row.raw))
+            rejects.append((r.split_row, exc, r.raw))
             continue
         accepted[i] = encode_record(record) + b"\n"
-        rid = shards.id_key(record["id"])
-        extra_index[i] = shards.INDEX_ENTRY.pack(
-            rid, rid, row.split_row, 2, len(HUMAN), len(record["conversations"][1]["value"])
-        )
-    built = pc.binary_join_element_wise(
-        '{"id":"',
-        vid,
-        '","video":"',
-        page,
-        "/",
-        vid,
-        '.mp4","conversations":[{"from":"human","value":',
-        _HUMAN_JSON,
-        '},{"from":"gpt","value":"',
-        name_json,
-        '"}]}\n',
-        "",
-    )
+        extra_index[i] = _entry(record, r.split_row, by_id=template.by_id, media=media)
     if accepted:
         keep[list(accepted)] = True
-        mask = np.zeros(len(starts), dtype=bool)
+        mask = np.zeros(count, dtype=bool)
         mask[list(accepted)] = True
         built = pc.replace_with_mask(built, pa.array(mask), pa.array(list(accepted.values()), pa.string()))
-    kept = built.filter(pa.array(keep))
-    records = _buffer(kept)
-    vids = vid.filter(pa.array(keep)).to_pylist() if not accepted else None
-    entries = np.zeros(len(kept), dtype=shards.INDEX_DTYPE)
+    keep_arr = pa.array(keep)
+    kept = built.filter(keep_arr)
     positions = np.flatnonzero(keep)
-    if vids is None:
-        vids = [v for v, k in zip(vid.to_pylist(), keep.tolist(), strict=True) if k]
-    ids = np.frombuffer(
-        b"".join(hashlib.blake2b(v.encode(), digest_size=8).digest() for v in vids), dtype="<u8"
-    )
-    entries["id"] = ids
-    entries["key"] = ids
-    entries["row"] = row_numbers[positions]
+    if ids is None:
+        ids = rid.to_pylist()
+    blake2b = hashlib.blake2b
+    id_hashes = b"".join(blake2b(ids[p].encode(), digest_size=8).digest() for p in positions.tolist())
+    entries = np.zeros(len(kept), dtype=shards.INDEX_DTYPE)
+    entries["id"] = np.frombuffer(id_hashes, dtype="<u8")
+    if template.by_id:
+        entries["key"] = entries["id"]
+    else:  # `shards.content_key`: [path, conversations] as orjson writes them with sorted keys
+        payload = pc.binary_join_element_wise(
+            '["',
+            path,
+            '",[{"from":"human","value":',
+            human,
+            '},{"from":"gpt","value":"',
+            caption_json,
+            '"}]]',
+            "",
+        )
+        values = payload.filter(keep_arr).to_pylist()
+        sha256 = hashlib.sha256
+        keys = b"".join(sha256(v.encode()).digest()[:8] for v in values)
+        entries["key"] = np.frombuffer(keys, dtype="<u8")
+    entries["row"] = np.arange(first + 1, first + 1 + count, dtype=np.uint32)[positions]
     entries["turns"] = 2
-    entries["human_chars"] = len(HUMAN)
-    entries["gpt_chars"] = pc.utf8_length(name).to_numpy(zero_copy_only=False)[positions]
+    human_chars = np.array([len(h) for h in template.humans], dtype=np.uint32)
+    entries["human_chars"] = human_chars[choice[positions]]
+    entries["gpt_chars"] = pc.utf8_length(caption).to_numpy(zero_copy_only=False)[positions]
     index = entries.tobytes()
-    if extra_index:  # rows the row path accepted: their exact entries (the id kept as the record has it)
+    if extra_index:  # rows the row path accepted: their own entries
         view = bytearray(index)
         size = shards.INDEX_ENTRY.size
         where = {int(p): j for j, p in enumerate(positions.tolist())}
@@ -256,7 +400,7 @@ def _block(block: bytes, header: list[str], source: str, first: int, build: Call
             view[j * size : (j + 1) * size] = entry
         index = bytes(view)
     rejects.sort(key=lambda r: r[0])
-    return Batch(records, index, len(starts), len(kept), rejects)
+    return Batch(_buffer(kept), index, count, len(kept), rejects)
 
 
 def _buffer(strings: pa.Array) -> bytes | memoryview:

@@ -27,22 +27,28 @@ def parquet_columns(f: IO[bytes], source: str, options: ConvertOptions) -> tuple
     return pf, needed
 
 
+def row_groups(pf: Any, split: Split) -> list[int]:
+    """The row groups whose first page lies in the split (each group belongs to exactly one split)."""
+    meta = pf.metadata
+    groups = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        if rg.num_columns == 0:
+            continue
+        col = rg.column(0)
+        first = col.data_page_offset
+        if col.dictionary_page_offset is not None and col.dictionary_page_offset > 0:
+            first = min(first, col.dictionary_page_offset)
+        if split.start <= first < split.end:
+            groups.append(g)
+    return groups
+
+
 def read_parquet(split: Split, options: ConvertOptions) -> Iterator[Row]:
     source = split.source
     with storage.open_read(source) as f:
         pf, needed = parquet_columns(f, source, options)
-        meta = pf.metadata
-        groups = []
-        for g in range(meta.num_row_groups):
-            rg = meta.row_group(g)
-            if rg.num_columns == 0:
-                continue
-            col = rg.column(0)
-            first = col.data_page_offset
-            if col.dictionary_page_offset is not None and col.dictionary_page_offset > 0:
-                first = min(first, col.dictionary_page_offset)
-            if split.start <= first < split.end:
-                groups.append(g)
+        groups = row_groups(pf, split)
         n = 0
         if not groups:
             return
