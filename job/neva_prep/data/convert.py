@@ -198,7 +198,7 @@ class _Shard:
         self.lengths = Lengths()
 
     def add_block(self, records: bytes | memoryview, index: bytes) -> None:
-        """Records (each ending with a newline) and their index entries, written as they are."""
+        """Records (each ending with `shards.RECORD_END`) and their index entries, written as they are."""
         self.flush()
         self.files[0].write(records)
         self.records_pos += len(records)
@@ -208,7 +208,7 @@ class _Shard:
     def flush(self) -> None:
         records_f, index_f, rejects_f = self.files
         if self.records:
-            data = b"\n".join(self.records) + b"\n"
+            data = shards.RECORD_END.join(self.records) + shards.RECORD_END
             records_f.write(data)
             self.records_pos += len(data)
             self.records.clear()

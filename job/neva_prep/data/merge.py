@@ -86,17 +86,18 @@ def read_range(url: str, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def read_line_blocks(url: str, offset: int, length: int) -> Iterator[bytes]:
-    """A byte range that ends with a newline, as blocks of whole lines (each ending with its newline)."""
+def read_records(url: str, offset: int, length: int) -> Iterator[list[bytes]]:
+    """The records (without their `shards.RECORD_END`) of a byte range of a shard's records, a chunk's
+    worth at a time."""
+    end = shards.RECORD_END
     tail = b""
     for chunk in read_range(url, offset, length):
-        data = tail + chunk if tail else chunk
-        cut = data.rfind(b"\n") + 1
-        tail = data[cut:]
-        if cut:
-            yield data if cut == len(data) else data[:cut]
+        records = (tail + chunk).split(end)
+        tail = records.pop()
+        if records:
+            yield records
     if tail:
-        raise StepFailed(f"{storage.redact(url)}: a record range does not end on a line; re-run the shard")
+        raise StepFailed(f"{storage.redact(url)}: a record range does not end a record; re-run the shard")
 
 
 def read_line_batches(url: str, offset: int, length: int) -> Iterator[list[bytes]]:
@@ -259,27 +260,34 @@ def merge_shards(
             offsets[file_index] = row_offset + split["rows"]
             shard_rejects = _shard_rejects(directory, split)
             pending = next(shard_rejects, None)
-            blocks = read_line_blocks(
-                storage.join(directory, shards.RECORDS), split["records_offset"], split["records_bytes"]
-            )
+            records_url = storage.join(directory, shards.RECORDS)
             index = _IndexStream(
                 storage.join(directory, shards.INDEX), split["index_offset"], split["converted"]
             )
-            kept = 0
-            for block in blocks:
-                count = block.count(b"\n")
-                entries = index.take(count)
+            count = split["converted"]
+            if not plan.new_ids(at, count) and plan.keep[at : at + count].all():
+                # the common case: the split's records as they are, separators included, never split
+                records = read_range(records_url, split["records_offset"], split["records_bytes"])
+                if not writer.copy(records, count):
+                    raise StepFailed(
+                        f"{storage.redact(records_url)}: not as many records as its stats say;"
+                        " re-run the shard"
+                    )
+                while index.left:
+                    lengths.merge(shards.index_lengths(index.take(min(index.left, _INDEX_BATCH))))
                 progress.advance(count)
-                keep = plan.keep[at : at + count]
-                new_ids = plan.new_ids(at, count)
                 at += count
-                if not new_ids and keep.all():  # the common case: the block as it is, no record split off
-                    writer.add_block(block, count)
-                    lengths.merge(shards.index_lengths(entries))
-                    kept += count
-                    continue
-                lines = block.split(b"\n")
-                lines.pop()
+                kept = count
+                batches: Iterator[list[bytes]] = iter(())
+            else:
+                kept = 0
+                batches = read_records(records_url, split["records_offset"], split["records_bytes"])
+            for lines in batches:
+                entries = index.take(len(lines))
+                progress.advance(len(lines))
+                keep = plan.keep[at : at + len(lines)]
+                new_ids = plan.new_ids(at, len(lines))
+                at += len(lines)
                 out_lines = []
                 for j, (line, k) in enumerate(zip(lines, keep.tolist(), strict=True)):
                     if k:
@@ -472,7 +480,7 @@ def _suffixes(
         if np.searchsorted(ordered, at + n) > np.searchsorted(ordered, at):  # a record to rename in here
             url = storage.join(shards.shard_dir(destination, shard, num_shards), shards.RECORDS)
             position = at
-            for lines in read_line_batches(url, split["records_offset"], split["records_bytes"]):
+            for lines in read_records(url, split["records_offset"], split["records_bytes"]):
                 for line in lines:
                     if position in wanted:
                         text = str(orjson.loads(line)["id"])
@@ -516,23 +524,41 @@ def _write_reject(f: IO[bytes], reject: dict[str, Any], row_offset: int) -> None
 
 
 class _ArrayWriter:
-    """Writes `[\\n` + records joined by `,\\n` + `\\n]\\n` (`[]\\n` when empty), a batch per write."""
+    """Writes `[\\n` + records joined by `,\\n` + `\\n]\\n` (`[]\\n` when empty) from pieces that end
+    with `shards.RECORD_END`: each piece is written as it is but for its last two bytes, held back until the
+    next piece (then written) or the end (then replaced by the closing bracket)."""
 
     def __init__(self, f: IO[bytes]) -> None:
         self.f = f
         self.count = 0
+        self.held = b"[\n"
+
+    def _write(self, data: bytes) -> None:
+        keep = len(shards.RECORD_END)
+        if len(data) < keep:  # a sliver of a chunk: joined to what is held
+            data, self.held = self.held + data, b""
+        self.f.write(self.held)
+        self.f.write(memoryview(data)[:-keep])
+        self.held = data[-keep:]
+
+    def copy(self, chunks: Iterator[bytes], count: int) -> bool:
+        """`count` records as bytes that end with `RECORD_END`, in chunks cut anywhere; False when the
+        bytes do not hold `count` records (a record holds no newline: each ends with the one of its end)."""
+        lines = 0
+        for chunk in chunks:
+            if chunk:
+                lines += chunk.count(b"\n")
+                self._write(chunk)
+        self.count += count
+        return lines == count
 
     def add(self, records: list[bytes]) -> None:
         if records:
-            self.f.write((b"[\n" if self.count == 0 else b",\n") + b",\n".join(records))
+            end = shards.RECORD_END
+            self._write(end.join(records) + end)
             self.count += len(records)
 
-    def add_block(self, block: bytes, count: int) -> None:
-        """`count` records, each ending with a newline: written with one C-speed replace, no split."""
-        if count:
-            self.f.write(b"[\n" if self.count == 0 else b",\n")
-            self.f.write(memoryview(block.replace(b"\n", b",\n"))[:-2])
-            self.count += count
-
     def close(self) -> None:
+        if self.count and self.held != shards.RECORD_END:
+            raise StepFailed("a shard's records do not end a record; re-run the shards with --force")
         self.f.write(b"\n]\n" if self.count else b"[]\n")

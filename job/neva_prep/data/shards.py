@@ -3,7 +3,8 @@
 Layout (one folder per shard; the merge reads nothing else)::
 
     DST/shards/00003-of-00008/
-        records.jsonl   converted records, one canonical JSON object per line, in source order
+        records.jsonl   converted records, one canonical JSON object per line ending with `,` (the
+                        merge copies runs of them as they are into the array), in source order
         index.bin       one `INDEX` entry per record: id and duplicate-key hashes, row in its split, lengths
         rejects.jsonl   rejected rows: source, split, split_row, reason, detail, input
         stats.json      counts, per-split figures and byte ranges, length statistics
@@ -33,9 +34,11 @@ from neva_prep.data.readers.base import Split
 from neva_prep.data.stats import LENGTHS, Lengths, Summary
 from neva_prep.errors import StepFailed
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 SHARDS_DIR = "shards"
 RECORDS = "records.jsonl"
+RECORD_END = b",\n"
+"""What ends every record in `RECORDS`: the array's separator, so that the merge never splits records."""
 INDEX = "index.bin"
 REJECTS = "rejects.jsonl"
 STATS = "stats.json"

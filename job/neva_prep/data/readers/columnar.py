@@ -165,7 +165,7 @@ def _rows(count: int, row: Callable[[int], Row], build: Build, template: _Templa
         except RecordError as exc:
             rejects.append((r.split_row, exc, r.raw))
             continue
-        records.append(encode_record(record) + b"\n")
+        records.append(encode_record(record) + shards.RECORD_END)
         index.append(_entry(record, r.split_row, by_id=template.by_id, media=template.media))
     return Batch(b"".join(records), b"".join(index), count, len(records), rejects)
 
@@ -197,7 +197,7 @@ def _csv_row_path(
         except RecordError as exc:
             rejects.append((row.split_row, exc, row.raw))
             continue
-        records.append(encode_record(record) + b"\n")
+        records.append(encode_record(record) + shards.RECORD_END)
         index.append(_entry(record, row.split_row, by_id=template.by_id, media=template.media))
     return Batch(b"".join(records), b"".join(index), rows, len(records), rejects)
 
@@ -339,7 +339,7 @@ def _vectorized(
         human = humans[0]
     conversations = [',"conversations":[{"from":"human","value":', human, '},{"from":"gpt","value":"']
     built = pc.binary_join_element_wise(
-        '{"id":"', rid, f'","{media}":"', path, '"', *conversations, caption_json, '"}]}\n', ""
+        '{"id":"', rid, f'","{media}":"', path, '"', *conversations, caption_json, '"}]},\n', ""
     )
     keep = ~flag_np
     accepted: dict[int, bytes] = {}
@@ -352,7 +352,7 @@ def _vectorized(
         except RecordError as exc:
             rejects.append((r.split_row, exc, r.raw))
             continue
-        accepted[i] = encode_record(record) + b"\n"
+        accepted[i] = encode_record(record) + shards.RECORD_END
         extra_index[i] = _entry(record, r.split_row, by_id=template.by_id, media=media)
     if accepted:
         keep[list(accepted)] = True
