@@ -12,6 +12,7 @@ sample and is kept, counted in `repeated_ids`; `--unique-ids suffix` renames the
 
 from __future__ import annotations
 
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator
@@ -267,8 +268,10 @@ def merge_shards(
             count = split["converted"]
             if not plan.new_ids(at, count) and plan.keep[at : at + count].all():
                 # the common case: the split's records as they are, separators included, never split
-                records = read_range(records_url, split["records_offset"], split["records_bytes"])
-                if not writer.copy(records, count):
+                offset, length = split["records_offset"], split["records_bytes"]
+                if writer.copy_local(records_url, offset, length, count):
+                    pass  # in the kernel (copy_file_range), never through Python's memory
+                elif not writer.copy(read_range(records_url, offset, length), count):
                     raise StepFailed(
                         f"{storage.redact(records_url)}: not as many records as its stats say;"
                         " re-run the shard"
@@ -551,6 +554,40 @@ class _ArrayWriter:
                 self._write(chunk)
         self.count += count
         return lines == count
+
+    def copy_local(self, url: str, offset: int, length: int, count: int) -> bool:
+        """`copy` for a local shard into a local output, by `os.copy_file_range`; False (nothing written)
+        where that cannot be used. The range must end a record; its record count is the index's."""
+        fileno = getattr(self.f, "fileno", None)
+        if not (count and storage.is_local(url) and fileno and hasattr(os, "copy_file_range")):
+            return False
+        keep = len(shards.RECORD_END)
+        with open(storage.local_path(url), "rb") as src:
+            if os.pread(src.fileno(), keep, offset + length - keep) != shards.RECORD_END:
+                raise StepFailed(
+                    f"{storage.redact(url)}: a record range does not end a record; re-run the shard"
+                )
+            self.f.write(self.held)
+            self.f.flush()
+            at, left = offset, length - keep
+            try:
+                while left > 0:
+                    done = os.copy_file_range(src.fileno(), fileno(), left, at)
+                    if done <= 0:
+                        raise StepFailed(
+                            f"{storage.redact(url)}: shorter than its stats say; re-run the shard"
+                        )
+                    at, left = at + done, left - done
+            except OSError:
+                if at != offset:
+                    raise
+                self.held = (
+                    b""  # nothing copied (no kernel support): the caller streams it after the separator
+                )
+                return False
+        self.held = shards.RECORD_END
+        self.count += count
+        return True
 
     def add(self, records: list[bytes]) -> None:
         if records:
