@@ -238,7 +238,7 @@ def test_clean_rows_never_reach_python(tmp_path: Path, monkeypatch: pytest.Monke
     ]
     rows[10]["name"] = "with <video> inside"
     rows[2000]["page_dir"] = "../up"
-    rows[2500]["name"] = "Über"  # non-ASCII first letter: Python decides (isspace), and keeps it
+    rows[2500]["name"] = "\u3000Über"  # white space to Python (isspace) first: Python decides, keeps it
     src = tmp_path / "webvid.csv"
     src.write_text(write_csv(rows, [], crlf=False), encoding="utf-8")
     calls = []
@@ -290,3 +290,8 @@ def test_parquet_nulls_and_other_types_take_the_row_path(tmp_path: Path) -> None
             got = shard_files(src, tmp_path / "col", vectorized=True, num_shards=2, options=options)
             assert got == shard_files(src, tmp_path / "row", vectorized=False, num_shards=2, options=options)
             assert (b"missing field" in got[2] + got[6]) == (data is table)
+
+
+def test_space_is_what_python_calls_white_space() -> None:
+    # the vectorized "may be blank" mask must know every character str.isspace() knows
+    assert set(columnar.SPACE) == {chr(c) for c in range(0x110000) if chr(c).isspace()}

@@ -449,6 +449,8 @@ class _Dedup:
         del ids, keys
         keep = np.zeros(len(all_keys), dtype=bool)
         keep[np.unique(all_keys, return_index=True)[1]] = True  # the first occurrence of each key
+        if np.array_equal(all_ids, all_keys):  # the id is the key (WebVid): kept ids are already unique
+            return cls(keep=keep, repeated_ids=0, renames={})
         del all_keys
         kept_positions = np.flatnonzero(keep)
         kept_ids = all_ids[kept_positions]

@@ -279,18 +279,22 @@ def _csv_block(
     return _vectorized(columns, len(starts), first, row, build, template, None)
 
 
-def _not_plain(column: pa.Array) -> pa.Array:
-    """True where a value is empty or starts with white space or a non-ASCII character (Python's
-    `isspace` may hold), or holds a character JSON escapes other than `"` (control characters, `\\`)."""
-    return pc.or_(
-        pc.invert(pc.match_substring_regex(column, r"^[!-~]")),
-        pc.match_substring_regex(column, r"[\x00-\x1f\\]"),
-    )
+SPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009"
+    "\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+"""Every character `str.isspace` holds true for (`tests/test_columnar.py` checks the list)."""
+_BLANK = "^(?:$|[" + "".join(f"\\x{{{ord(c):x}}}" for c in SPACE) + "])"
+"""An empty value, or one starting with a character `str.isspace` counts (so possibly blank in Python)."""
+_ESCAPED = r"[\x00-\x1f\\]"
+"""Characters JSON escapes, but for `"` (escaped by `replace_substring`)."""
 
 
-def _path_flags(path: pa.Array) -> pa.Array:
-    """True where a media path may be absolute or escape its folder (a superset of `records.check_path`)."""
-    return pc.match_substring_regex(path, r'^[/\\]|:|\.\.|"')
+def _flags(column: pa.Array, *more: str) -> pa.Array:
+    """True where a value may be blank, holds a character JSON escapes, or matches a pattern of `more`:
+    one RE2 pass over the column."""
+    return pc.match_substring_regex(column, "|".join((_BLANK, _ESCAPED, *more)))
 
 
 def _vectorized(
@@ -308,20 +312,18 @@ def _vectorized(
         vid, page, caption = columns["videoid"], columns["page_dir"], columns["name"]
         rid = vid
         path = pc.binary_join_element_wise(page, "/", vid, ".mp4", "")
-        flag = pc.or_(pc.or_(_not_plain(vid), _not_plain(page)), _path_flags(page))
-        flag = pc.or_(flag, pc.match_substring_regex(vid, r'\.\.|"'))
+        flag = pc.or_(_flags(vid, r"\.\.", '"'), _flags(page, r"^[/\\]", ":", r"\.\.", '"'))
     else:
         names = list(columns)
         path, caption = columns[names[0]], columns[names[1]]
-        flag = pc.or_(_not_plain(path), _path_flags(path))
+        flag = _flags(path, r"^[/\\]", ":", r"\.\.", '"')
         if len(names) > 2:
             rid = columns[names[2]]
-            flag = pc.or_(pc.or_(flag, _not_plain(rid)), pc.match_substring(rid, '"'))
+            flag = pc.or_(flag, _flags(rid, '"'))
         else:  # `records.default_id`: the path less its extension (a basename starting with "." to Python)
             flag = pc.or_(flag, pc.match_substring_regex(path, r"(^|/)\.[^/]*$"))
             rid = pc.replace_substring_regex(path, r"\.[^./]*$", "")
-    flag = pc.or_(flag, _not_plain(caption))
-    flag = pc.or_(flag, pc.match_substring_regex(caption, r"<image>|<video>"))
+    flag = pc.or_(flag, _flags(caption, "<image>", "<video>"))
     flag_np = np.asarray(flag.to_numpy(zero_copy_only=False), dtype=bool)
     if nulls is not None:
         flag_np |= nulls
