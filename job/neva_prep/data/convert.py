@@ -64,11 +64,11 @@ class ShardResult:
         if self.skipped:
             head += " already done (skipped; --force to redo)"
         line = (
-            f"{head}: {self.input_rows} input rows, {self.converted} converted, {self.rejected} rejected"
-            f" -> {storage.redact(self.directory)}"
+            f"{head}: {self.input_rows:,} input rows, {self.converted:,} converted,"
+            f" {self.rejected:,} rejected -> {storage.redact(self.directory)}"
         )
         if self.rejected_by_reason:
-            line += "\n  rejected: " + ", ".join(f"{r}: {n}" for r, n in self.rejected_by_reason.items())
+            line += "\n  rejected: " + ", ".join(f"{r}: {n:,}" for r, n in self.rejected_by_reason.items())
         return line
 
     @classmethod
