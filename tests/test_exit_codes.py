@@ -6,7 +6,9 @@ must exit with the documented code, say so in one line on stderr naming the path
 traceback and leave nothing at the destination.
 
 The tests run as root in CI, where mode bits do not stop reads or writes: the "unreadable" and "read-only"
-cases then run the command as the unprivileged user `nobody` (setpriv), which is what a real user is.
+cases then run the command without the capabilities that let root ignore them (setpriv drops
+CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set), so the owner's mode bits bind it as they bind
+any user. (Not `nobody`: CI's clone may sit in a folder only root may enter, mktemp -d's 0700.)
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import yaml
 from neva_prep.cli import command
 from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CODES_HELP, EXIT_FAILED
 
-NOBODY = 65534
 ROOT = os.geteuid() == 0
 SETPRIV = shutil.which("setpriv")
 INPUTS: dict[str, Path] = {}  # filled by the `inputs` fixture, for rows that need a second input
@@ -192,12 +193,12 @@ def test_choices_are_shown_as_their_values() -> None:
 
 
 def run(
-    args: list[str], *, as_nobody: bool = False, home: Path | None = None
+    args: list[str], *, unprivileged: bool = False, home: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     prefix: list[str] = []
-    if as_nobody and ROOT:
+    if unprivileged and ROOT:
         assert SETPRIV
-        prefix = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+        prefix = DROP_DAC
     env = {**os.environ, "HOME": str(home or tempfile.gettempdir()), "NEVA_PREP_PROGRESS_S": "0"}
     return subprocess.run(
         [*prefix, sys.executable, "-m", "neva_prep.cli", *args],
@@ -211,7 +212,7 @@ def run(
 
 @pytest.fixture(scope="module")
 def base() -> Iterator[Path]:
-    """A folder everyone may enter, so that `nobody` can run the commands on the inputs."""
+    """A folder everyone may enter, so that the commands can run on the inputs without privileges."""
     root = Path(tempfile.mkdtemp(prefix="neva-exit-codes-", dir="/var/tmp"))  # not /tmp: pods mount their own
     root.chmod(0o777)
     yield root
@@ -307,19 +308,21 @@ def rows_with(what: str) -> list[str]:
     return [name for name in COMMANDS if name in TABLE and getattr(TABLE[name], what) is not None]
 
 
-def nobody_can_run_python() -> bool:
-    """Root ignores mode bits: the unreadable / read-only cases run as `nobody`, who must reach the venv."""
+DROP_DAC = [SETPRIV or "setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def mode_bits_bind() -> bool:
+    """Root ignores mode bits: the unreadable / read-only cases run without the capabilities that allow it."""
     if not ROOT:
         return True
     if not SETPRIV:
         return False
-    probe = [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", sys.executable, "-c", "1"]
+    probe = [*DROP_DAC, sys.executable, "-c", "import neva_prep.cli"]
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
-needs_nobody = pytest.mark.skipif(
-    not nobody_can_run_python(),
-    reason="as root mode bits stop nothing, and `nobody` cannot run this Python through setpriv",
+needs_mode_bits = pytest.mark.skipif(
+    not mode_bits_bind(), reason="as root mode bits stop nothing, and setpriv cannot drop CAP_DAC_OVERRIDE"
 )
 
 
@@ -335,7 +338,7 @@ def test_missing_source(name: str, base: Path, inputs: dict[str, Path]) -> None:
     nothing_at(dest)
 
 
-@needs_nobody
+@needs_mode_bits
 @pytest.mark.parametrize("name", rows_with("source"))
 def test_unreadable_source(name: str, base: Path, inputs: dict[str, Path]) -> None:
     row = TABLE[name]
@@ -351,7 +354,7 @@ def test_unreadable_source(name: str, base: Path, inputs: dict[str, Path]) -> No
     locked.chmod(0)
     if not ROOT:
         assert not os.access(locked, os.R_OK)
-    r = run(args, as_nobody=True, home=work)
+    r = run(args, unprivileged=True, home=work)
     assert r.returncode == EXIT_BAD_INPUT, r.stdout + r.stderr
     one_line(r, str(locked))
     if row.dest not in (None, "source"):
@@ -372,7 +375,7 @@ def test_destination_under_a_regular_file(name: str, base: Path, inputs: dict[st
     assert blocker.read_text() == "not a folder\n"
 
 
-@needs_nobody
+@needs_mode_bits
 @pytest.mark.parametrize("name", rows_with("dest"))
 def test_destination_in_a_read_only_folder(name: str, base: Path, inputs: dict[str, Path]) -> None:
     row = TABLE[name]
@@ -383,7 +386,7 @@ def test_destination_in_a_read_only_folder(name: str, base: Path, inputs: dict[s
         shutil.copytree(inputs[row.source], read_only)  # type: ignore[index]
         subprocess.run(["chmod", "-R", "a+rX,a-w", str(read_only)], check=True)
         before = sorted(str(p) for p in read_only.rglob("*"))
-        r = run(row.argv(str(read_only), str(read_only)), as_nobody=True, home=work)
+        r = run(row.argv(str(read_only), str(read_only)), unprivileged=True, home=work)
         assert r.returncode == EXIT_BAD_INPUT, r.stdout + r.stderr
         one_line(r, str(read_only))
         assert sorted(str(p) for p in read_only.rglob("*")) == before
@@ -394,7 +397,7 @@ def test_destination_in_a_read_only_folder(name: str, base: Path, inputs: dict[s
     read_only.chmod(0o555)
     if not ROOT:
         assert not os.access(read_only, os.W_OK)
-    r = run(args, as_nobody=True, home=work)
+    r = run(args, unprivileged=True, home=work)
     assert r.returncode == EXIT_BAD_INPUT, r.stdout + r.stderr
     one_line(r, str(read_only))
     nothing_at(str(read_only))
