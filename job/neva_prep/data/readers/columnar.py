@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,11 +155,17 @@ def _parquet_batches(
 
 def _rows(count: int, row: Callable[[int], Row], build: Build, template: _Template) -> Batch:
     """`count` rows, each by the row path."""
+    return _row_path((row(i) for i in range(count)), build, template)
+
+
+def _row_path(rows: Iterable[Row], build: Build, template: _Template) -> Batch:
+    """Rows built and rejected exactly as the row path does, packed as one batch."""
     records: list[bytes] = []
     index: list[bytes] = []
     rejects: list[tuple[int, RecordError, str]] = []
-    for i in range(count):
-        r = row(i)
+    count = 0
+    for r in rows:
+        count += 1
         try:
             record = build(r)
         except RecordError as exc:
@@ -186,20 +192,7 @@ def _csv_row_path(
     block: bytes, header: list[str], source: str, first: int, build: Build, template: _Template
 ) -> Batch:
     """The block as the row path reads and builds it."""
-    records: list[bytes] = []
-    index: list[bytes] = []
-    rejects: list[tuple[int, RecordError, str]] = []
-    rows = 0
-    for row in csv_rows(decoded_lines(block), header, source, first):
-        rows += 1
-        try:
-            record = build(row)
-        except RecordError as exc:
-            rejects.append((row.split_row, exc, row.raw))
-            continue
-        records.append(encode_record(record) + shards.RECORD_END)
-        index.append(_entry(record, row.split_row, by_id=template.by_id, media=template.media))
-    return Batch(b"".join(records), b"".join(index), rows, len(records), rejects)
+    return _row_path(csv_rows(decoded_lines(block), header, source, first), build, template)
 
 
 def _entry(record: dict[str, Any], split_row: int, *, by_id: bool, media: str) -> bytes:
