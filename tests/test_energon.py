@@ -391,3 +391,49 @@ def test_plan_runs_the_export_after_the_merge(tmp_path: Path) -> None:
     assert (stats["records"], stats["exported"], stats["num_shards"]) == (len(ROWS) - 1, len(EXPORTED), 2)
     assert stats["rejected_by_reason"] == {"unknown media format": 1}
     assert len(load(str(root))) == stats["split_samples"]["train"]
+
+
+def test_local_read_ahead_equals_the_threaded_reads(tmp_path: Path) -> None:
+    """Local media asked of the kernel ahead (one thread) give what the object-store path's threads give,
+    record for record and rejection for rejection, with no file left open: more records than are read
+    ahead, a file named twice in one record, an empty file, a folder, a missing file, text, a wrong kind."""
+    root = tmp_path / "media"
+    (root / "dir.png").mkdir(parents=True)
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_bytes(b"no image\n")
+    (root / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + bytes(40))
+    images = {f"i{i}.png": image_bytes("png", i % 7) for i in range(energon.LOCAL_AHEAD * 2 + 5)}
+    for name, data in images.items():
+        (root / name).write_bytes(data)
+    records: list[dict[str, Any]] = [{"image": name} for name in images]
+    for odd in (
+        "dir.png",
+        "empty.png",
+        "text.png",
+        "clip.mp4",
+        "gone.png",
+        ["i1.png", "i1.png"],
+        ["i2.png", "gone.png"],
+    ):
+        records.insert(len(records) // 2, {"image": odd})
+    items = [(i, r) for i, r in enumerate(records)]
+    fds = len(list(Path("/proc/self/fd").iterdir()))
+
+    def outcome(got: Any) -> Any:
+        return (got.reason, got.detail) if isinstance(got, Exception) else got
+
+    local = [(i, outcome(m)) for i, m in energon._local_read_ahead(items, str(root))]
+    threaded = [(i, outcome(m)) for i, m in energon._threaded_read_ahead(items, str(root))]
+    assert local == threaded
+    assert len(local) == len(records)
+    reasons = sorted(m[0] for _, m in local if isinstance(m, tuple))
+    assert reasons == sorted(
+        ["media unreadable"] * 2 + ["unknown media format", "wrong media kind"] + ["media missing"] * 2
+    )
+    assert local[-1][1] == [("png", images[records[-1]["image"]])]
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds
+    # a reader stopped half-way closes what it had opened ahead
+    reader = energon._local_read_ahead(items, str(root))
+    next(reader)
+    reader.close()
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds
