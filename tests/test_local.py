@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -69,7 +70,8 @@ def test_bad_input_exits_2_and_skips_only_that_merge(tmp_path: Path) -> None:
         "datasets": [
             {"name": "good", "source": str(REPO / "job/neva_prep/sample/llava.json"), "from": "llava"}
             | {"media": "image", "shards": 2},
-            {"name": "missing", "source": str(tmp_path / "nope.csv"), "from": "webvid", "media": "video"},
+            {"name": "missing", "source": str(tmp_path / "nope.csv"), "from": "webvid", "media": "video"}
+            | {"shards": 1},
         ],
     }
     plan = tmp_path / "plan.yaml"
@@ -107,6 +109,41 @@ def test_local_tasks_are_the_plan_argv_plus_the_shard_index() -> None:
     for i, t in enumerate(first[1:]):
         assert t.argv == [*shard_argv(plan, ds), "--shard-index", str(i)]
     assert merges["w"].argv == merge_argv(plan, ds) and merges["w"].merge
+
+
+def test_auto_shards_spread_a_dataset_over_the_cpus_and_write_the_same_bytes(tmp_path: Path) -> None:
+    """The sample's datasets without `shards:`: `launch local` splits each over the usable CPUs, says so,
+    and writes what one shard writes."""
+    sample = Path(neva("sample", str(tmp_path / "sample")).stdout.strip())
+    data = yaml.safe_load(sample.read_text())
+    data.pop("model")
+    for ds in data["datasets"]:
+        del ds["shards"]
+    auto = tmp_path / "auto.yaml"
+    auto.write_text(yaml.safe_dump({**data, "output": str(tmp_path / "auto")}))
+    for ds in data["datasets"]:
+        ds["shards"] = 1
+    one = tmp_path / "one.yaml"
+    one.write_text(yaml.safe_dump({**data, "output": str(tmp_path / "one")}))
+
+    run = neva("launch", "local", str(auto))
+    assert run.returncode == 0, run.stdout + run.stderr
+    n = len(os.sched_getaffinity(0))  # what the child may use: it inherits this mask
+    many = "s" if n > 1 else ""
+    assert run.stdout.splitlines()[:3] == [
+        f"webvid: {n} shard{many} (auto: {n} usable CPU{many})",
+        f"llava: {n} shard{many} (auto: {n} usable CPU{many})",
+        f"running {2 * n + 2} command(s) with {n} worker(s)",
+    ]
+    assert f"[webvid {n}/{n}] ok" in run.stdout and f"merged {n} shard(s)" in run.stdout
+
+    single = neva("launch", "local", str(one))
+    assert single.returncode == 0, single.stdout + single.stderr
+    assert "(auto:" not in single.stdout and "[webvid 1/1] ok" in single.stdout
+    for name in ("webvid/webvid.json", "webvid/rejects.jsonl", "llava/llava.json", "llava/rejects.jsonl"):
+        assert (tmp_path / "auto/datasets" / name).read_bytes() == (
+            tmp_path / "one/datasets" / name
+        ).read_bytes()
 
 
 def test_sample_never_deletes_files_it_did_not_make(tmp_path: Path) -> None:

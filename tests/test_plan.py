@@ -3,8 +3,11 @@ argv mapping every launcher uses says exactly what the step CLIs accept."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,9 @@ import yaml
 
 from conftest import neva
 from neva_prep.errors import BadInput
+from neva_prep.launch import k8s, slurm, submitit
 from neva_prep.launch.plan import (
+    Target,
     check_for,
     dataset_output,
     describe,
@@ -22,7 +27,9 @@ from neva_prep.launch.plan import (
     merge_argv,
     model_argv,
     parse_plan,
+    resolve,
     shard_argv,
+    usable_cpus,
     wait_argv,
 )
 
@@ -64,7 +71,7 @@ def test_commented_examples_of_plan_init_are_valid_too() -> None:
             break
         block.append("  " + line[len("  # ") :])
     text = "\n".join([*lines[:start], *block, *lines[start + len(block) :]])
-    plan = parse_plan(yaml.safe_load(text), "p.yaml")
+    plan = resolve(parse_plan(yaml.safe_load(text), "p.yaml"), Target.SLURM)
     cc3m = plan.datasets[-1]
     assert (cc3m.name, cc3m.from_, cc3m.prompts) == ("cc3m", "captions", "image_brief")
     assert "--prompts image_brief" in " ".join(shard_argv(plan, cc3m))
@@ -242,7 +249,22 @@ def _volume(data: dict[str, Any], _twice: dict[str, Any] | None = None, **change
         (lambda d: d["datasets"][0].pop("name"), "field 'datasets[0].name': missing"),
         (lambda d: d["datasets"][0].update(name="Web_Vid"), "must be a DNS-1123 label"),
         (lambda d: d["datasets"][0].update(name="w" * 60), "must be a DNS-1123 label"),
-        (lambda d: d["datasets"][0].update(shards=0), "field 'datasets[0].shards': must be >= 1"),
+        (
+            lambda d: d["datasets"][0].update(shards=0),
+            "field 'datasets[0].shards': must be >= 1 or auto, got 0",
+        ),
+        (
+            lambda d: d["datasets"][0].update(shards=-1),
+            "field 'datasets[0].shards': must be >= 1 or auto, got -1",
+        ),
+        (
+            lambda d: d["datasets"][0].update(shards="two"),
+            "field 'datasets[0].shards': expected a positive integer or auto, got str 'two'",
+        ),
+        (
+            lambda d: d["datasets"][0].update(shards=True),
+            "field 'datasets[0].shards': expected a positive integer or auto, got a boolean (True)",
+        ),
         (lambda d: d["datasets"][0].update(media="audio"), "expected one of image, video"),
         (lambda d: d["datasets"][0].update(form="webvid"), "field 'datasets[0].form': unknown key"),
         (lambda d: d["datasets"].append(dict(d["datasets"][0])), "duplicate dataset name 'web'"),
@@ -373,3 +395,91 @@ def test_local_paths_of_the_check_and_energon_blocks_must_be_on_a_volume() -> No
             BadInput, match=re.escape(f"field 'datasets[0].{block}.{key}': local path {value}")
         ):
             check_for(parse_plan(changed, "p.yaml"), "k8s")
+
+
+def _auto_plan(shards: object = "auto") -> dict[str, Any]:
+    """`_minimal` with a second dataset whose `shards` is `shards` (`None`: the key left out)."""
+    data = _minimal()
+    second = {"name": "llava", "source": "s3://b/l.json", "from": "llava", "media": "image", "shards": shards}
+    data["datasets"].append({k: v for k, v in second.items() if v is not None})
+    return data
+
+
+@pytest.mark.parametrize("shards", ["auto", None])
+def test_shards_auto_is_the_default_and_each_launcher_resolves_it(shards: object) -> None:
+    plan = parse_plan(_auto_plan(shards), "p.yaml")
+    web, llava = plan.datasets
+    assert (web.shards, llava.shards) == (4, None)  # None: auto, not a count yet
+    with pytest.raises(ValueError, match="unresolved"):
+        shard_argv(plan, llava)  # no argv is built before a launcher resolved the plan
+
+    cpus = usable_cpus()
+    assert cpus == len(os.sched_getaffinity(0))
+    here = resolve(plan, Target.LOCAL)
+    assert [ds.shards for ds in here.datasets] == [4, cpus]  # a count written in the plan stays
+    assert here.auto_shards == (
+        f"llava: {cpus} shard{'s' * (cpus > 1)} (auto: {cpus} usable CPU{'s' * (cpus > 1)})",
+    )
+    assert shard_argv(here, here.datasets[1])[-2:] == ["--num-shards", str(cpus)]
+    assert resolve(here, Target.K8S) is here  # resolved once: nothing left to choose
+
+    one = resolve(plan, Target.LOCAL, workers=1)  # never more shards than commands run at once
+    assert one.datasets[1].shards == 1
+    assert one.auto_shards == (
+        f"llava: 1 shard (auto: {cpus} usable CPU{'s' * (cpus > 1)}{', --workers 1' * (cpus > 1)})",
+    )
+    for target in (Target.K8S, Target.SLURM):
+        cluster = resolve(plan, target)
+        assert [ds.shards for ds in cluster.datasets] == [4, 1]
+        assert cluster.auto_shards == ("llava: 1 shard (auto: 1 on a cluster; write shards: N to spread it)",)
+    assert resolve(plan, Target.LOCAL) == resolve(plan, Target.LOCAL)  # a pure function of the plan and CPUs
+
+
+def test_clusters_render_auto_as_one_shard(tmp_path: Path) -> None:
+    """Kubernetes, Slurm and submitit keep today's count for `auto` (1): a cluster user says how wide."""
+    plan = parse_plan(_auto_plan(), "p.yaml")
+    manifests = {k8s.job_name(j): k8s.to_dict(j) for j in k8s.jobs(plan)}
+    spec = manifests["neva-prep-llava"]["spec"]
+    assert (spec["completions"], spec["parallelism"]) == (1, 1)
+    (container,) = spec["template"]["spec"]["containers"]
+    assert container["args"][container["args"].index("--num-shards") + 1] == "1"
+    assert manifests["neva-prep-web"]["spec"]["completions"] == 4
+
+    scripts = {job.script: job.text for job in slurm.render(plan)}
+    llava = next(text for name, text in scripts.items() if "llava" in name and "merge" not in name)
+    assert "#SBATCH --array=0-0%1\n" in llava and "--num-shards 1" in llava
+
+    groups = {g.key: g for g in submitit._groups(plan)}
+    assert [t.label for t in groups["llava"].tasks] == ["llava 1/1"]
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(_auto_plan()))
+    for target in ("slurm", "k8s"):
+        r = neva("plan", "check", str(path), "--for", target)
+        assert r.returncode == 0, r.stderr
+        assert "--from llava --media image --num-shards 1" in r.stdout
+        assert "  llava: 1 shard (auto: 1 on a cluster; write shards: N to spread it)" in r.stdout
+    r = neva("plan", "check", str(path))  # no launcher: a cluster's count, and what launch local would do
+    assert r.returncode == 0 and "--from llava --media image --num-shards 1" in r.stdout
+    assert "  under launch local here: llava: " in r.stdout
+
+
+@pytest.mark.parametrize("ncpus", [1, 2])
+def test_auto_under_launch_local_follows_the_cpus_this_process_may_use(ncpus: int, tmp_path: Path) -> None:
+    """taskset / a cpuset narrows the affinity mask: `auto` counts the CPUs left, not the machine's."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < ncpus:
+        pytest.skip(f"needs {ncpus} usable CPUs, have {len(cpus)}")
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(_auto_plan(None)))
+    r = subprocess.run(
+        [sys.executable, "-m", "neva_prep.cli", "plan", "check", str(path), "--for", "local"],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=lambda: os.sched_setaffinity(0, cpus[:ncpus]),
+    )
+    assert r.returncode == 0, r.stderr
+    many = "s" if ncpus > 1 else ""
+    assert f"  llava: {ncpus} shard{many} (auto: {ncpus} usable CPU{many})" in r.stdout
+    assert f"--from llava --media image --num-shards {ncpus}" in r.stdout

@@ -19,7 +19,15 @@ import yaml
 
 from conftest import REPO, neva
 from neva_prep.errors import BadInput
-from neva_prep.launch.plan import example_plan, merge_argv, model_argv, parse_plan, shard_argv
+from neva_prep.launch.plan import (
+    Target,
+    example_plan,
+    merge_argv,
+    model_argv,
+    parse_plan,
+    resolve,
+    shard_argv,
+)
 from neva_prep.launch.slurm import array_parallelism, render, render_files
 
 GOLDEN = REPO / "slurm"
@@ -195,6 +203,7 @@ def test_hostile_plan_values_stay_inert(tmp_path: Path) -> None:
         script.write_text(job.text)
         done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr
+    plan = resolve(plan, Target.SLURM)  # its `shards: auto` as the scripts run it
     ds = plan.datasets[0]
     recorded = [json.loads(line) for line in log.read_text().splitlines()]
     assert recorded == [model_argv(plan)[1:], shard_argv(plan, ds)[1:], merge_argv(plan, ds)[1:]]

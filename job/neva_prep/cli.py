@@ -464,9 +464,10 @@ def plan_check(
 @launch_app.command("local")
 def launch_local(
     plan: str = typer.Argument(..., help="Plan file (path or URL)."),
-    workers: int = typer.Option(0, "--workers", "-k", help="Commands run at once (default: CPU count)."),
+    workers: int = typer.Option(0, "--workers", "-k", help="Commands run at once (default: usable CPUs)."),
 ) -> None:
-    """Run the plan on this machine: model step and shards in parallel, each merge after its shards."""
+    """Run the plan on this machine: model step and shards in parallel, each merge after its shards; a
+    dataset's `shards: auto` (the default) becomes the usable CPUs, at most --workers."""
     from neva_prep.launch.local import run_local
     from neva_prep.launch.plan import load_plan
 

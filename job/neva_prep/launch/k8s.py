@@ -47,6 +47,7 @@ from neva_prep.launch.plan import (
     merge_job_name,
     model_argv,
     model_job_name,
+    resolve,
     shard_argv,
     shards_job_name,
     wait_argv,
@@ -260,7 +261,7 @@ def _job(
     if indexed:
         assert ds is not None
         spec.completion_mode = "Indexed"
-        spec.completions = completions or ds.shards
+        spec.completions = completions or ds.num_shards
         spec.parallelism = completions or ds.max_parallel
         spec.backoff_limit_per_index = k.backoff_limit_per_index
         spec.pod_failure_policy = _failure_policy("FailIndex", wait=wait_name, final=final)
@@ -283,6 +284,7 @@ def jobs(plan: Plan) -> list[client.V1Job]:
     """Every Job of the plan: the model step, then per dataset its shards and its merge. A plan with a
     local path that no pod could see is refused here (bad input), before anything is rendered."""
     check_for(plan, Target.K8S)
+    plan = resolve(plan, Target.K8S)
     out = []
     if plan.model is not None:
         out.append(_job(plan, model_job_name(plan), "model", model_argv(plan), gpus=plan.model.gpus))

@@ -23,12 +23,15 @@ from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, EXI
 from neva_prep.launch.plan import (
     DatasetSpec,
     Plan,
+    Target,
     check_argv,
     dataset_output,
     energon_argv,
     merge_argv,
     model_argv,
+    resolve,
     shard_argv,
+    usable_cpus,
 )
 from neva_prep.progress import INTERVAL_ENV
 
@@ -150,9 +153,9 @@ def tasks(plan: Plan) -> tuple[list[Task], dict[str, Task]]:
     merges: dict[str, Task] = {}
     for ds in plan.datasets:
         base = shard_argv(plan, ds)
-        for i in range(ds.shards):
+        for i in range(ds.num_shards):
             argv = [*base, "--shard-index", str(i)]
-            first.append(Task(f"{ds.name} {i + 1}/{ds.shards}", argv, ds.name))
+            first.append(Task(f"{ds.name} {i + 1}/{ds.num_shards}", argv, ds.name))
         merges[ds.name] = Task(f"{ds.name} merge", merge_argv(plan, ds), ds.name, merge=True)
     return first, merges
 
@@ -220,16 +223,20 @@ def _execute(task: Task, echo: Callable[[str], None]) -> Outcome:
 
 
 def run_local(plan: Plan, workers: int | None = None, echo: Callable[[str], None] = print) -> LocalRun:
-    """Run every command of `plan` here, K at a time; returns their outcomes (raises only for an output
-    that cannot be written, before anything runs: one line, rather than the same error from every command)."""
+    """Run every command of `plan` here, K at a time (default: the usable CPUs), a `shards: auto` dataset in
+    as many shards (`plan.resolve`); returns their outcomes (raises only for an output that cannot be
+    written, before anything runs: one line, rather than the same error from every command)."""
     storage.ensure_writable(plan.output)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or usable_cpus())
+    plan = resolve(plan, Target.LOCAL, workers=workers)
+    for line in plan.auto_shards:
+        echo(line)
     first, merges = tasks(plan)
     exports, finalize = energon_tasks(plan)
     merges.update(finalize)
     checks, check_merges = check_tasks(plan)
     merges.update(check_merges)
-    remaining = {ds.name: ds.shards for ds in plan.datasets}
+    remaining = {ds.name: ds.num_shards for ds in plan.datasets}
     remaining.update({t[0].dataset: len(t) for t in exports.values() if t[0].dataset})
     remaining.update({t[0].dataset: len(t) for t in checks.values() if t[0].dataset and not t[0].merge})
     failed: set[str] = set()

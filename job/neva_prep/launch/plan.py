@@ -10,6 +10,7 @@ mounted volume) is checked by `check_for` when the plan is rendered for it.
 from __future__ import annotations
 
 import dataclasses
+import os
 import posixpath
 import re
 import shlex
@@ -28,6 +29,7 @@ PRECISIONS = ("16", "bf16", "32")
 DEVICES = ("auto", "cpu", "cuda")
 SOURCES = ("webvid", "captions", "llava")
 MEDIA = ("image", "video")
+AUTO = "auto"  # a dataset's `shards:` when absent: `resolve` makes it a count for the launcher
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 63  # Job names become pod labels and hostnames (<= 63 characters)
 _MAX_JOB_NAME = _MAX_NAME - len("-merge")
@@ -94,7 +96,7 @@ class DatasetSpec:
     source: str
     from_: str
     media: str
-    shards: int = 1
+    shards: int | None = None  # None: `auto`, a count only once `resolve` made the plan a launcher's
     parallelism: int | None = None  # how many shards run at once; default: all of them
     media_column: str | None = None
     caption_column: str | None = None
@@ -105,8 +107,15 @@ class DatasetSpec:
     check: CheckSpec | None = None  # then check it is ready to train (`data check`)
 
     @property
+    def num_shards(self) -> int:
+        """The shard count in a plan `resolve`d for its launcher (what the argv and the schedulers use)."""
+        if self.shards is None:
+            raise ValueError(f"dataset {self.name!r}: `shards: auto` is unresolved; call plan.resolve first")
+        return self.shards
+
+    @property
     def max_parallel(self) -> int:
-        return min(self.parallelism or self.shards, self.shards)
+        return min(self.parallelism or self.num_shards, self.num_shards)
 
 
 @dataclass(frozen=True)
@@ -185,6 +194,7 @@ class Plan:
     name: str = "neva-prep"
     data_image: str | None = None  # the shards', waits' and merges' image (no GPU, no NeMo); None: `image`
     source: str = field(default="plan", compare=False)  # the plan file, for messages
+    auto_shards: tuple[str, ...] = field(default=(), compare=False)  # what `resolve` chose, one line each
 
     @property
     def shards_image(self) -> str:
@@ -312,7 +322,7 @@ def _model(sec: _Section) -> ModelSpec:
 
 def _dataset(sec: _Section) -> DatasetSpec:
     name = _dns_label(sec, "name", sec.text("name"))
-    shards = sec.integer("shards", 1, minimum=1)
+    shards = _shards(sec)
     ds = DatasetSpec(
         name=name,
         source=sec.text("source"),
@@ -330,6 +340,18 @@ def _dataset(sec: _Section) -> DatasetSpec:
     )
     _check_convert_options(sec, ds)
     return ds
+
+
+def _shards(sec: _Section) -> int | None:
+    """`shards: N` (N >= 1), or `auto` (also when absent): None until `resolve` knows the launcher."""
+    value = sec.raw("shards", AUTO)
+    if value == AUTO:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise sec.error(sec.key("shards"), f"expected a positive integer or {AUTO}, got {_kind(value)}")
+    if value < 1:
+        raise sec.error(sec.key("shards"), f"must be >= 1 or {AUTO}, got {value}")
+    return value
 
 
 def _check_convert_options(sec: _Section, ds: DatasetSpec) -> None:
@@ -619,6 +641,38 @@ def check_for(plan: Plan, target: Target | str) -> None:
         raise BadInput(f"{where(plan.source, field=key)}: {problem}{more}")
 
 
+# --- `shards: auto`: the one rule every launcher calls ----------------------------------------------------
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (what taskset, a cpuset or a container's CPU
+    binding leaves it), else the machine's count where there are no masks (macOS)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def resolve(plan: Plan, target: Target | str, *, workers: int | None = None) -> Plan:
+    """The plan as `target` runs it: every `shards: auto` made a count. Under `launch local` that is the CPUs
+    this process may use, at most `workers` (the commands run at once: more shards would only queue); on a
+    cluster (Kubernetes, Slurm, submitit) it is 1, as before: there the user says how wide a dataset goes.
+    The merged output is the same bytes whatever the count. `auto_shards` says what was chosen and why."""
+    auto = [ds.name for ds in plan.datasets if ds.shards is None]
+    if not auto:
+        return plan
+    if Target(target) is Target.LOCAL:
+        cpus = usable_cpus()
+        count = min(cpus, workers or cpus)
+        why = f"{cpus} usable CPU{'s' if cpus != 1 else ''}"
+        why += f", --workers {workers}" if count < cpus else ""
+    else:
+        count, why = 1, "1 on a cluster; write shards: N to spread it"
+    datasets = tuple(dataclasses.replace(ds, shards=count) if ds.name in auto else ds for ds in plan.datasets)
+    said = tuple(f"{name}: {count} shard{'s' if count != 1 else ''} (auto: {why})" for name in auto)
+    return dataclasses.replace(plan, datasets=datasets, auto_shards=said)
+
+
 # --- the one mapping onto CLI calls ----------------------------------------------------------------------
 
 
@@ -646,7 +700,7 @@ def shard_argv(plan: Plan, ds: DatasetSpec, *, record_failure: bool = False) -> 
     (JOB_COMPLETION_INDEX / SLURM_ARRAY_TASK_ID) or an appended `--shard-index I`. `record_failure`: a
     shard that exits 2 leaves the record `wait_argv`'s command reads (Kubernetes, where a merge waits)."""
     argv = ["neva-prep", "data", "convert", ds.source, dataset_output(plan, ds)]
-    argv += ["--from", ds.from_, "--media", ds.media, "--num-shards", str(ds.shards)]
+    argv += ["--from", ds.from_, "--media", ds.media, "--num-shards", str(ds.num_shards)]
     options = (
         ("--media-column", ds.media_column),
         ("--caption-column", ds.caption_column),
@@ -670,7 +724,7 @@ def wait_argv(plan: Plan, ds: DatasetSpec, stage: str = "shards") -> list[str]:
     record), 1 after the plan's wait timeout."""
     out = dataset_output(plan, ds)
     if stage in ("shards", "merge"):
-        dst, count = out, ds.shards
+        dst, count = out, ds.num_shards
     elif stage == "energon" and ds.energon is not None:
         dst, count = out, ds.energon.shards
     elif stage == "check" and ds.check is not None:
@@ -695,7 +749,7 @@ def merge_argv(plan: Plan, ds: DatasetSpec) -> list[str]:
         "--name",
         ds.name,
         "--num-shards",
-        str(ds.shards),
+        str(ds.num_shards),
     ]
 
 
@@ -769,7 +823,7 @@ def steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
     if plan.model is not None:
         yield model_job_name(plan), model_argv(plan)
     for ds in plan.datasets:
-        yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds)
+        yield f"{shards_job_name(plan, ds)} (x{ds.num_shards})", shard_argv(plan, ds)
         yield merge_job_name(plan, ds), merge_argv(plan, ds)
         if ds.energon is not None:
             yield f"{energon_job_name(plan, ds)} (x{ds.energon.shards})", energon_argv(plan, ds)
@@ -786,7 +840,7 @@ def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
     if plan.model is not None:
         yield model_job_name(plan), model_argv(plan)
     for ds in plan.datasets:
-        yield f"{shards_job_name(plan, ds)} (x{ds.shards})", shard_argv(plan, ds, record_failure=True)
+        yield f"{shards_job_name(plan, ds)} (x{ds.num_shards})", shard_argv(plan, ds, record_failure=True)
         yield f"{merge_job_name(plan, ds)} (init)", wait_argv(plan, ds)
         yield merge_job_name(plan, ds), merge_argv(plan, ds)
         if ds.energon is not None:
@@ -807,13 +861,18 @@ def _kubernetes_steps(plan: Plan) -> Iterator[tuple[str, list[str]]]:
 
 
 def describe(plan: Plan, target: Target | str | None = None) -> str:
-    """What `plan check` prints: the commands every launcher (or the `target` one) will run."""
+    """What `plan check` prints: the commands every launcher (or the `target` one) will run; with no target,
+    a `shards: auto` dataset as a cluster runs it, and what `launch local` would choose here."""
     lines = [f"plan {plan.name!r}: output {storage.redact(plan.output)}, image {plan.image}"]
     if plan.data_image:
         lines[0] += f", data image {plan.data_image}"
     k8s = target is not None and Target(target) is Target.K8S
-    commands = _kubernetes_steps(plan) if k8s else steps(plan)
+    shown = resolve(plan, Target.SLURM if target is None else target)
+    commands = _kubernetes_steps(shown) if k8s else steps(shown)
     lines += [f"  {job}: {storage.redact(shlex.join(argv))}" for job, argv in commands]
+    lines += [f"  {line}" for line in shown.auto_shards]
+    if target is None and shown.auto_shards:
+        lines.append(f"  under launch local here: {'; '.join(resolve(plan, Target.LOCAL).auto_shards)}")
     for v in plan.kubernetes.volumes:
         lines.append(f"  kubernetes volume {v.name}: {_volume_text(v)} at {v.mount_path}")
     return "\n".join(lines)
@@ -853,7 +912,7 @@ datasets:                            # each: `shards` parallel conversions, then
     source: s3://my-bucket/webvid/results_10M_train.csv
     from: webvid                     # webvid | captions | llava
     media: video                     # image | video
-    shards: 16
+    shards: 16                       # default auto: the usable CPUs under launch local, 1 on a cluster
     parallelism: 8                   # shards running at once (default: all)
     # media_root: s3://my-bucket/webvid/videos   # reject rows whose media file is missing
   - name: llava-pretrain
@@ -879,6 +938,7 @@ datasets:                            # each: `shards` parallel conversions, then
   #   media_column: key
   #   caption_column: caption
   #   id_column: key
+  #   shards: auto                   # the default (same bytes out whatever the count; only speed changes)
   #   prompts: image_brief           # a list shipped in the package (image_brief, video_brief) or a file URL
 
 kubernetes:

@@ -32,6 +32,7 @@ from neva_prep.errors import BadInput, StepFailed
 from neva_prep.launch.plan import (
     DatasetSpec,
     Plan,
+    Target,
     check_argv,
     check_job_name,
     energon_argv,
@@ -41,6 +42,7 @@ from neva_prep.launch.plan import (
     merge_job_name,
     model_argv,
     model_job_name,
+    resolve,
     shard_argv,
     shards_job_name,
 )
@@ -180,12 +182,13 @@ def _script(plan: Plan, *, title: str, job_name: str, log: str, options: list[st
 def array_parallelism(plan: Plan, ds: DatasetSpec) -> int:
     """How many tasks of a dataset's array run at once: both the dataset's `parallelism` and the plan's
     `slurm.array_parallelism` are caps, so the smaller one wins (default: every shard at once)."""
-    caps = [ds.shards, ds.parallelism, plan.slurm.array_parallelism]
+    caps = [ds.num_shards, ds.parallelism, plan.slurm.array_parallelism]
     return min(c for c in caps if c is not None)
 
 
 def render(plan: Plan) -> tuple[SlurmJob, ...]:
     """The sbatch scripts of a plan, in submission order (model, then per dataset: array, merge)."""
+    plan = resolve(plan, Target.SLURM)
     jobs: list[SlurmJob] = []
     if plan.model is not None:
         gpus = plan.model.gpus
@@ -205,11 +208,11 @@ def render(plan: Plan) -> tuple[SlurmJob, ...]:
         name = shards_job_name(plan, ds)
         text = _script(
             plan,
-            title=f"Dataset {ds.name}: {ds.shards} shards, one per array task (the CLI reads "
+            title=f"Dataset {ds.name}: {ds.num_shards} shards, one per array task (the CLI reads "
             "SLURM_ARRAY_TASK_ID).",
             job_name=name,
             log="%x-%A_%a.out",
-            options=[f"--array=0-{ds.shards - 1}%{parallel}"],
+            options=[f"--array=0-{ds.num_shards - 1}%{parallel}"],
             command=_command(plan, shard_argv(plan, ds), what),
         )
         jobs.append(SlurmJob(name, shards_script(ds), "shards", text))

@@ -40,11 +40,13 @@ from neva_prep.errors import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, BadInput, Ste
 from neva_prep.launch.local import Task, check_tasks, energon_tasks, tasks
 from neva_prep.launch.plan import (
     Plan,
+    Target,
     check_job_name,
     energon_job_name,
     load_plan,
     merge_job_name,
     model_job_name,
+    resolve,
     shards_job_name,
 )
 from neva_prep.launch.slurm import array_parallelism
@@ -273,7 +275,9 @@ class _Group:
 
 def _groups(plan: Plan) -> list[_Group]:
     """The plan's steps in submission order, each naming the group it follows: the model; per dataset its
-    shards, merge, then (after the merge) its Energon export and finalize, its check (and its --merge)."""
+    shards, merge, then (after the merge) its Energon export and finalize, its check (and its --merge).
+    `shards: auto` is a cluster's 1 on every submitit cluster, local included (`plan.resolve`)."""
+    plan = resolve(plan, Target.SLURM)
     first, merges = tasks(plan)
     exports, finalize = energon_tasks(plan)
     checks, check_merges = check_tasks(plan)
