@@ -71,6 +71,11 @@ def test_check_block_is_validated(tmp_path: Path) -> None:
         ({"template": "chatml", "tokenizer": "t", "seq_length": 8}, "expected one of plain, llama_2"),
         ({"template": "plain", "tokenizer": "t", "seq_length": 8}, "datasets[0].check.num_frames"),
         ({"template": "plain", "tokenizer": "t", "seq_length": 8, "num_frames": 4, "typo": 1}, "unknown key"),
+        # `data check`'s own rules apply at plan load, not first when the check runs
+        (
+            {"template": "plain", "tokenizer": "t", "seq_length": 8, "num_frames": 4, "crop_size": 10},
+            "give no patches",
+        ),
     ):
         plan["datasets"][0]["check"] = check  # type: ignore[index]
         path.write_text(yaml.safe_dump(plan))

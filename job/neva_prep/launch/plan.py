@@ -17,13 +17,16 @@ import shlex
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from neva_prep import storage
 from neva_prep.data.prompts import builtin_names, check_builtin
 from neva_prep.errors import BadInput, where
+
+if TYPE_CHECKING:
+    from neva_prep.data.check.options import CheckOptions
 
 PRECISIONS = ("16", "bf16", "32")
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,17 +77,10 @@ class EnergonSpec:
 @dataclass(frozen=True)
 class CheckSpec:
     """`check:` in a dataset: after its merge, `data check` of NAME.json for the NeMo settings training uses
-    (report in `output/datasets/NAME/report/`); `shards` > 1 splits it (with `decode`), then --merge."""
+    (`options`, the keys of the block but `shards`; report in `output/datasets/NAME/report/`); `shards` > 1
+    splits it (with `decode`), then --merge."""
 
-    template: str
-    tokenizer: str
-    seq_length: int
-    crop_size: int = 224
-    patch_size: int = 14
-    media_tokens: int | None = None
-    num_frames: int | None = None
-    media_root: str | None = None  # default: the dataset's media_root
-    decode: bool = False
+    options: CheckOptions  # its media_root defaults to the dataset's
     shards: int = 1
 
 
@@ -370,32 +366,45 @@ def _check_convert_options(sec: _Section, ds: DatasetSpec) -> None:
     try:
         check_options(options)
     except BadInput as exc:
-        flag = re.match(r"--([a-z-]+)", str(exc))
-        key = flag.group(1).replace("-", "_") if flag else ""
-        raise sec.error(sec.key(key) if key in sec.data else sec.path, str(exc)) from None
+        raise _at_key(sec, exc) from None
+
+
+def _at_key(sec: _Section, exc: BadInput) -> BadInput:
+    """A command's own option error (`--media-root ...`) as the plan's error at the key it names."""
+    flag = re.match(r"--([a-z-]+)", str(exc))
+    key = flag.group(1).replace("-", "_") if flag else ""
+    return sec.error(sec.key(key) if key in sec.data else sec.path, str(exc))
 
 
 def _check(dataset: _Section) -> CheckSpec:
+    """The block's keys are `data check`'s options (`CheckOptions`, but `media`: the dataset's) and `shards`;
+    `CheckOptions` applies the command's own rules, reported here at the key they name."""
+    from neva_prep.data.check.options import CheckOptions
     from neva_prep.data.check.templates import TEMPLATES
 
-    sec = dataset.section("check", _fields(CheckSpec))
-    spec = CheckSpec(
-        template=sec.text("template", choices=TEMPLATES),
-        tokenizer=sec.text("tokenizer"),
-        seq_length=sec.integer("seq_length", minimum=1),
-        crop_size=sec.integer("crop_size", 224, minimum=1),
-        patch_size=sec.integer("patch_size", 14, minimum=1),
-        media_tokens=sec.integer("media_tokens", None, minimum=1),
-        num_frames=sec.integer("num_frames", None, minimum=1),
-        media_root=sec.text("media_root", None) or dataset.text("media_root", None),
-        decode=sec.boolean("decode", False),
-        shards=sec.integer("shards", 1, minimum=1),
-    )
-    if dataset.text("media") == "video" and spec.num_frames is None:
+    keys = (*(f for f in _fields(CheckOptions) if f != "media"), "shards")
+    sec = dataset.section("check", keys)
+    values: dict[str, Any] = {
+        "template": sec.text("template", choices=TEMPLATES),
+        "media": dataset.text("media"),
+        "tokenizer": sec.text("tokenizer"),
+        "seq_length": sec.integer("seq_length", minimum=1),
+        "crop_size": sec.integer("crop_size", 224, minimum=1),
+        "patch_size": sec.integer("patch_size", 14, minimum=1),
+        "media_tokens": sec.integer("media_tokens", None, minimum=1),
+        "num_frames": sec.integer("num_frames", None, minimum=1),
+        "media_root": sec.text("media_root", None) or dataset.text("media_root", None),
+        "decode": sec.boolean("decode", False),
+    }
+    if values["media"] == "video" and values["num_frames"] is None:
         raise sec.error(sec.key("num_frames"), "missing (model.data.num_frames; needed for video)")
-    if spec.decode and spec.media_root is None:
+    if values["decode"] and values["media_root"] is None:
         raise sec.error(sec.key("media_root"), "missing (decode needs the media folder)")
-    return spec
+    try:
+        options = CheckOptions(**values)
+    except BadInput as exc:
+        raise _at_key(sec, exc) from None
+    return CheckSpec(options, shards=sec.integer("shards", 1, minimum=1))
 
 
 def _energon(dataset: _Section) -> EnergonSpec:
@@ -604,9 +613,9 @@ def local_paths(plan: Plan) -> list[tuple[str, str]]:
         if ds.energon is not None:
             found.append((f"datasets[{i}].energon.media_root", ds.energon.media_root))
         if ds.check is not None:
-            found.append((f"datasets[{i}].check.tokenizer", ds.check.tokenizer))
-            if ds.check.media_root is not None:
-                found.append((f"datasets[{i}].check.media_root", ds.check.media_root))
+            found.append((f"datasets[{i}].check.tokenizer", ds.check.options.tokenizer))
+            if ds.check.options.media_root is not None:
+                found.append((f"datasets[{i}].check.media_root", ds.check.options.media_root))
     return [(key, storage.local_path(url)) for key, url in found if storage.is_local(url)]
 
 
@@ -784,11 +793,11 @@ def energon_job_name(plan: Plan, ds: DatasetSpec, *, finalize: bool = False) -> 
 def check_argv(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> list[str]:
     """`neva-prep data check OUTPUT/datasets/NAME/NAME.json ... --report OUTPUT/datasets/NAME/report`: the
     whole check (1 shard), one check shard (index from the environment or `--shard-index I`), or `merge`."""
-    c = ds.check
-    if c is None:
+    if ds.check is None:
         raise ValueError(f"dataset {ds.name!r} has no check block")
+    c = ds.check.options
     out = dataset_output(plan, ds)
-    argv = ["neva-prep", "data", "check", storage.join(out, f"{ds.name}.json"), "--media", ds.media]
+    argv = ["neva-prep", "data", "check", storage.join(out, f"{ds.name}.json"), "--media", c.media]
     argv += ["--template", c.template, "--tokenizer", c.tokenizer, "--seq-length", str(c.seq_length)]
     argv += ["--crop-size", str(c.crop_size), "--patch-size", str(c.patch_size)]
     for flag, value in (("--media-tokens", c.media_tokens), ("--num-frames", c.num_frames)):
@@ -796,7 +805,7 @@ def check_argv(plan: Plan, ds: DatasetSpec, *, merge: bool = False) -> list[str]
     argv += ["--media-root", c.media_root] if c.media_root else []
     argv += ["--decode"] if c.decode else []
     argv += ["--report", check_report(plan, ds)]
-    argv += ["--num-shards", str(c.shards)] if c.shards > 1 else []
+    argv += ["--num-shards", str(ds.check.shards)] if ds.check.shards > 1 else []
     return [*argv, "--merge"] if merge else argv
 
 
