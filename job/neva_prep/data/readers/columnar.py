@@ -1,14 +1,16 @@
-"""Caption tables at columnar speed (WebVid CSV; captions CSV and Parquet): a block of whole records at a
-time, parsed by pyarrow (C++), every rule checked as a vectorized mask, records built as one string each by
-arrow kernels and written as the buffer they sit in. Python sees only the rows a mask flags, and decides them
-with the ONE row path (`csv.csv_rows` / the Parquet row + `records.record_builder`), so records and rejects
-are those of the row path, byte for byte (`tests/test_columnar.py` proves it on random rows).
+"""Caption tables at columnar speed (WebVid CSV; captions CSV, JSONL and Parquet): a block of whole records
+at a time, parsed by pyarrow (C++), every rule checked as a vectorized mask, records built as one string each
+by arrow kernels and written as the buffer they sit in. Python sees only the rows a mask flags, and decides
+them with the ONE row path (`csv.csv_rows` / `jsonl.jsonl_rows` / the Parquet row + `records.record_builder`),
+so records and rejects are those of the row path, byte for byte (`tests/test_columnar.py` and
+`tests/test_columnar_jsonl.py` prove it on random rows).
 
 A CSV block goes whole to the row path when pyarrow and Python's csv module could read it differently: a
 quote that does not open or close a field (`"bad "quote" inside"`: Python rejects it, pyarrow reads it),
 a carriage return that does not end a line, a blank-looking short line, invalid UTF-8, a row with the
 wrong number of fields, an unclosed quote at the end, or any disagreement on the number of rows. A Parquet
-batch goes whole to the row path when a column it needs is not text.
+batch goes whole to the row path when a column it needs is not text. Which JSON lines pyarrow reads as
+the row path does, and which go to it, is said in `columnar_jsonl.py`.
 The flags are a superset of the rows the rules reject: a row that passes them passes every rule.
 """
 
@@ -31,7 +33,9 @@ from neva_prep.data import shards
 from neva_prep.data.prompts import load_prompts
 from neva_prep.data.readers import base
 from neva_prep.data.readers.base import Row, Split, decoded_lines
+from neva_prep.data.readers.columnar_jsonl import read_lines
 from neva_prep.data.readers.csv import WEBVID_COLUMNS, csv_boundary, csv_columns, csv_rows
+from neva_prep.data.readers.jsonl import jsonl_rows, line_range
 from neva_prep.data.readers.parquet import parquet_columns, row_groups
 from neva_prep.data.records import PLACEHOLDER, WEBVID_PROMPT, ConvertOptions, RecordError, encode_record
 from neva_prep.data.stats import record_lengths
@@ -46,7 +50,7 @@ def applies(options: ConvertOptions, media_root: str | None, kind: str) -> bool:
         return False
     if options.source_format == "webvid":
         return kind == "csv"
-    return options.source_format == "captions" and kind in ("csv", "parquet")
+    return options.source_format == "captions" and kind in ("csv", "jsonl", "parquet")
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,30 @@ def convert_split(split: Split, options: ConvertOptions, build: Build, kind: str
     template = _template(options)
     if kind == "parquet":
         yield from _parquet_batches(split, options, build, template)
+    elif kind == "jsonl":
+        yield from _jsonl_batches(split, build, template)
     else:
         yield from _csv_batches(split, options, build, template)
+
+
+def _blocks(f: Any, start: int, end: int, boundary: Callable[[bytes], int]) -> Iterator[bytes]:
+    """The bytes [start, end) of `f` (both record boundaries) in blocks of ~`base.READ` bytes of whole
+    records; `boundary(data)` is the offset after the last whole record of `data` (0 if none)."""
+    f.seek(start)
+    left = end - start
+    carry = b""
+    while left > 0 or carry:
+        chunk = f.read(min(base.READ, left)) if left > 0 else b""
+        left -= len(chunk)
+        if not chunk:
+            left = 0
+        data = carry + chunk if carry else chunk
+        cut = boundary(data) if left > 0 else len(data)
+        if cut == 0:  # one record longer than a chunk: read on
+            carry = data
+            continue
+        block, carry = data[:cut], data[cut:]
+        yield block
 
 
 def _csv_batches(split: Split, options: ConvertOptions, build: Build, template: _Template) -> Iterator[Batch]:
@@ -104,24 +130,36 @@ def _csv_batches(split: Split, options: ConvertOptions, build: Build, template: 
         size = f.seek(0, 2)
         start = csv_boundary(f, data_start, split.start)
         end = size if split.end >= size else csv_boundary(f, start, split.end)
-        f.seek(start)
-        left = end - start
-        carry = b""
         n = 0
-        while left > 0 or carry:
-            chunk = f.read(min(base.READ, left)) if left > 0 else b""
-            left -= len(chunk)
-            if not chunk:
-                left = 0
-            data = carry + chunk if carry else chunk
-            cut = _last_boundary(data) if left > 0 else len(data)
-            if cut == 0:  # one record longer than a chunk: read on
-                carry = data
-                continue
-            block, carry = data[:cut], data[cut:]
+        for block in _blocks(f, start, end, _last_boundary):
             batch = _csv_block(block, header, source, n, build, template)
             n += batch.rows
             yield batch
+
+
+def _jsonl_batches(split: Split, build: Build, template: _Template) -> Iterator[Batch]:
+    source = split.source
+    with storage.open_read(source) as f:
+        start, end = line_range(f, split)
+        n = 0
+        for block in _blocks(f, start, end, lambda data: data.rfind(b"\n") + 1):
+            batch = _jsonl_block(block, source, n, build, template)
+            n += batch.rows
+            yield batch
+
+
+def _jsonl_block(block: bytes, source: str, first: int, build: Build, template: _Template) -> Batch:
+    lines = read_lines(block, template.columns)
+    if lines is None:
+        return _row_path(jsonl_rows(decoded_lines(block), source, first), build, template)
+
+    def row(i: int) -> Row:
+        text = block[lines.starts[i] : lines.ends[i]].decode("utf-8")
+        (one,) = jsonl_rows([(text, True)], source, first + i)
+        return one
+
+    count = len(lines.starts)
+    return _vectorized(lines.columns, count, first, row, build, template, lines.flagged)
 
 
 def _parquet_batches(
