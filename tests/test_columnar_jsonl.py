@@ -381,3 +381,16 @@ def test_merged_output_is_identical_whatever_the_shard_count(tmp_path: Path) -> 
         merged.append(((dst / "d.json").read_bytes(), (dst / "rejects.jsonl").read_bytes()))
     assert merged[0] == merged[1]
     assert merged[0][0].count(b'"conversations"') > 200 and merged[0][1]  # records and rejects
+
+
+def test_one_column_in_two_roles_takes_the_row_path(tmp_path: Path) -> None:
+    # the id is the media path: a template of distinct columns cannot say that (it failed), the row path can
+    options = ConvertOptions(
+        "captions", "image", media_column="image", caption_column="caption", id_column="image"
+    )
+    assert not any(columnar.applies(options, None, kind) for kind in ("csv", "jsonl", "parquet"))
+    inputs = {"t.jsonl": '{"image":"a.jpg","caption":"x"}\n', "t.csv": "image,caption\na.jpg,x\n"}
+    for name, text in inputs.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        records = shard_files(tmp_path / name, tmp_path / f"out-{name}", vectorized=True, options=options)[0]
+        assert records.startswith(b'{"id":"a.jpg","image":"a.jpg",')

@@ -45,12 +45,15 @@ Build = Callable[[Row], dict[str, Any]]
 
 
 def applies(options: ConvertOptions, media_root: str | None, kind: str) -> bool:
-    """Caption tables without a media check: every record then follows one template."""
+    """Caption tables without a media check: every record then follows one template (whose columns are
+    distinct: one column as both media and id, say, is left to the row path)."""
     if media_root is not None:
         return False
     if options.source_format == "webvid":
         return kind == "csv"
-    return options.source_format == "captions" and kind in ("csv", "jsonl", "parquet")
+    columns = [c for c in (options.media_column, options.caption_column, options.id_column) if c]
+    distinct = len(set(columns)) == len(columns)
+    return options.source_format == "captions" and kind in ("csv", "jsonl", "parquet") and distinct
 
 
 @dataclass(frozen=True)
