@@ -17,7 +17,9 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
 import orjson
+import pyarrow as pa
 
 from neva_prep import storage
 from neva_prep.data import shards
@@ -183,16 +185,23 @@ def _json_file(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
+_LATER = bytes(8)
+"""An index entry's id hash (or id-keyed duplicate key) until `_Shard.flush` hashes its block's ids."""
+
+
 class _Shard:
     """The three streams of a shard, buffered row by row and written in large blocks.
 
     Positions are only read at split boundaries, after a flush, so they are exact byte offsets.
     """
 
-    def __init__(self, records: IO[bytes], index: IO[bytes], rejects: IO[bytes]) -> None:
+    def __init__(self, records: IO[bytes], index: IO[bytes], rejects: IO[bytes], *, by_id: bool) -> None:
         self.files = (records, index, rejects)
         self.records: list[bytes] = []
         self.index: list[bytes] = []
+        """Entries whose id hash (and, when `by_id`, duplicate key) is filled in at the flush, from `ids`."""
+        self.ids: list[str] = []
+        self.by_id = by_id
         self.rejects: list[bytes] = []
         self.records_pos = self.rejects_pos = 0
         self.lengths = Lengths()
@@ -213,10 +222,14 @@ class _Shard:
             self.records_pos += len(data)
             self.records.clear()
         if self.index:
-            data = b"".join(self.index)
-            index_f.write(data)
-            self.lengths.merge(shards.index_lengths(data))
+            entries = np.frombuffer(bytearray(b"".join(self.index)), dtype=shards.INDEX_DTYPE)
+            entries["id"] = shards.id_keys(pa.array(self.ids, pa.string()))  # a column at once
+            if self.by_id:
+                entries["key"] = entries["id"]
+            index_f.write(entries.tobytes())
+            self.lengths.merge(shards.index_lengths(entries))
             self.index.clear()
+            self.ids.clear()
         if self.rejects:
             data = b"".join(self.rejects)
             rejects_f.write(data)
@@ -272,7 +285,6 @@ def _write_shard(
     total_rows = total_converted = total_rejected = 0
     build = record_builder(options)
     pack = shards.INDEX_ENTRY.pack
-    id_key = shards.id_key
     content_key = shards.content_key
     by_id = DUPLICATE_KEY[options.source_format] == "id"
     media_key = options.media
@@ -285,9 +297,10 @@ def _write_shard(
             *(
                 stack.enter_context(storage.atomic_write(storage.join(directory, name)))
                 for name in (shards.RECORDS, shards.INDEX, shards.REJECTS)
-            )
+            ),
+            by_id=by_id,
         )
-        records, index, rejects = out.records, out.index, out.rejects
+        records, index, ids, rejects = out.records, out.index, out.ids, out.rejects
         progress = stack.enter_context(Reporter(label, sum(s.end - s.start for s in splits)))
         stack.enter_context(storage.reporting_reads(progress.reading(splits)))  # bytes read of the splits
         for ordinal, split in enumerate(splits):
@@ -307,8 +320,8 @@ def _write_shard(
                     record, *lengths = done
                     converted += 1
                     records.append(orjson.dumps(record))
-                    rid = id_key(record["id"])
-                    index.append(pack(rid, content_key(record, media_key), row.split_row, *lengths))
+                    ids.append(str(record["id"]))
+                    index.append(pack(_LATER, content_key(record, media_key), row.split_row, *lengths))
                 else:
                     try:
                         record = build(row)
@@ -329,9 +342,9 @@ def _write_shard(
                     else:
                         converted += 1
                         records.append(encode_record(record))
-                        rid = id_key(record["id"])
-                        key = rid if by_id else content_key(record, media_key)
-                        index.append(pack(rid, key, row.split_row, *record_lengths(record)))
+                        ids.append(str(record["id"]))
+                        key = _LATER if by_id else content_key(record, media_key)
+                        index.append(pack(_LATER, key, row.split_row, *record_lengths(record)))
                 if rows % _FLUSH_ROWS == 0:
                     out.flush()
                     progress.advance(0, _FLUSH_ROWS, "rows")

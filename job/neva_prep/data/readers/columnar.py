@@ -366,11 +366,10 @@ def _vectorized(
     human: pa.Array | str
     if template.choose:  # `prompts.choose_prompt`: CRC-32 of the id's UTF-8 bytes modulo the list length
         crc = zlib.crc32
-        ids = rid.to_pylist()
-        choice = np.fromiter((crc(s.encode()) for s in ids), dtype=np.int64, count=count) % len(humans)
+        choice = np.fromiter((crc(s.encode()) for s in rid.to_pylist()), dtype=np.int64, count=count)
+        choice %= len(humans)
         human = pa.array(humans, pa.string()).take(pa.array(choice))
     else:
-        ids = None
         choice = np.zeros(count, dtype=np.int64)
         human = humans[0]
     conversations = [',"conversations":[{"from":"human","value":', human, '},{"from":"gpt","value":"']
@@ -398,12 +397,8 @@ def _vectorized(
     keep_arr = pa.array(keep)
     kept = built.filter(keep_arr)
     positions = np.flatnonzero(keep)
-    if ids is None:
-        ids = rid.to_pylist()
-    blake2b = hashlib.blake2b
-    id_hashes = b"".join(blake2b(ids[p].encode(), digest_size=8).digest() for p in positions.tolist())
     entries = np.zeros(len(kept), dtype=shards.INDEX_DTYPE)
-    entries["id"] = np.frombuffer(id_hashes, dtype="<u8")
+    entries["id"] = shards.id_keys(rid.filter(keep_arr))
     if template.by_id:
         entries["key"] = entries["id"]
     else:  # `shards.content_key`: [path, conversations] as orjson writes them with sorted keys
