@@ -254,7 +254,9 @@ def test_clean_rows_never_reach_python(tmp_path: Path, monkeypatch: pytest.Monke
     assert calls == [1, 1, 1]  # one line each: the three flagged rows
     monkeypatch.setattr(columnar, "csv_rows", real)
     assert got == shard_files(src, tmp_path / "row", vectorized=False)
-    records = got[0].decode().split(",\n")[:-1]  # every record ends with ",\n" (shards.RECORD_END)
+    framed = got[0].decode()  # the one shard of a 1-shard run is framed as the array (shards.FRAME_START)
+    assert framed.startswith("[\n") and framed.endswith("}\n]\n")
+    records = framed[2:-3].split(",\n")  # records joined by shards.RECORD_END
     assert len(records) == 2998
     assert records[0] == (
         '{"id":"1000","video":"000001_000050/1000.mp4","conversations":[{"from":"human","value":"<video>\\n'

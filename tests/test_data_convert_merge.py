@@ -329,3 +329,76 @@ def test_converted_output_passes_validate(tmp_path: Path) -> None:
     r = neva("data", "validate", str(dst / "neva.json"), "--media", "image")
     assert r.returncode == 0, r.stdout
     assert "valid: 5 records, 5 valid, 0 invalid" in r.stdout  # text-only kept for image
+
+
+CLEAN_ROWS = [row for i, row in enumerate(ROWS) if i not in (3, 5)]  # no reject, no duplicate
+
+
+def test_one_shard_merge_publishes_the_shard_file_itself(tmp_path: Path) -> None:
+    """A 1-shard run's records file is framed as the array: a merge that keeps every record links it (no
+    second copy of the dataset on disk), with the bytes a 3-shard merge writes."""
+    src = tmp_path / "webvid.csv"
+    src.write_bytes(webvid_csv(CLEAN_ROWS))
+    outputs = {}
+    for n in (1, 3):
+        convert_all(str(src), str(tmp_path / f"n{n}"), n)
+        r = neva("data", "merge", str(tmp_path / f"n{n}"), "--name", "w")
+        assert r.returncode == 0 and "5 input rows, 5 records, 0 rejected" in r.stdout, r.stderr
+        outputs[n] = tmp_path / f"n{n}" / "w.json"
+    records_file = Path(shard_dir(str(tmp_path / "n1"), 0, 1)) / "records.jsonl"
+    assert outputs[1].stat().st_ino == records_file.stat().st_ino
+    assert outputs[1].read_bytes() == outputs[3].read_bytes()
+    assert [r["id"] for r in orjson.loads(outputs[1].read_bytes())] == [v for v, _, _ in CLEAN_ROWS]
+
+    # Nothing writes a shard's file in place: a re-run writes a new one, and the published array keeps
+    # its bytes until the next merge publishes the new records.
+    before = outputs[1].read_bytes()
+    src.write_bytes(webvid_csv([(v, d, name + " (edited)") for v, d, name in CLEAN_ROWS]))
+    convert_all(str(src), str(tmp_path / "n1"), 1, "--force")
+    assert outputs[1].read_bytes() == before
+    assert neva("data", "merge", str(tmp_path / "n1"), "--name", "w").returncode == 0
+    assert all(
+        r["conversations"][1]["value"].endswith(" (edited)") for r in orjson.loads(outputs[1].read_bytes())
+    )
+
+    # A framed file that is not what its stats say is refused (exit 1: re-run the shard), nothing published.
+    records_file.write_bytes(records_file.read_bytes()[:-1])
+    outputs[1].unlink()
+    r = neva("data", "merge", str(tmp_path / "n1"), "--name", "w")
+    assert r.returncode == 1 and "records.jsonl: not framed as its stats say" in r.stderr
+    assert not outputs[1].exists()
+
+
+def test_one_shard_merge_that_drops_records_reads_the_framed_file(tmp_path: Path) -> None:
+    """With a duplicate to drop, the one framed shard is copied record by record: its `[` and `]` never
+    reach the output, and a tampered end is caught."""
+    src = tmp_path / "webvid.csv"
+    src.write_bytes(webvid_csv(ROWS))
+    for n in (1, 2):
+        convert_all(str(src), str(tmp_path / f"n{n}"), n)
+        r = neva("data", "merge", str(tmp_path / f"n{n}"), "--name", "w")
+        assert r.returncode == 0 and "7 input rows, 5 records, 2 rejected" in r.stdout, r.stderr
+    one, two = (tmp_path / f"n{n}" / "w.json" for n in (1, 2))
+    assert one.read_bytes() == two.read_bytes()
+    records_file = Path(shard_dir(str(tmp_path / "n1"), 0, 1)) / "records.jsonl"
+    assert one.stat().st_ino != records_file.stat().st_ino
+    data = records_file.read_bytes()
+    assert data.startswith(b"[\n{") and data.endswith(b"}\n]\n")
+    records_file.write_bytes(data[:-3] + b"\n}\n")
+    r = neva("data", "merge", str(tmp_path / "n1"), "--name", "w")
+    assert r.returncode == 1 and "records.jsonl: a record range does not end a record" in r.stderr
+
+
+def test_one_shard_merge_on_s3_is_a_server_side_copy(s3: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"{s3}/one/webvid.csv", webvid_csv(CLEAN_ROWS))
+    (tmp_path / "webvid.csv").write_bytes(webvid_csv(CLEAN_ROWS))
+    for src, dst in (
+        (f"{s3}/one/webvid.csv", f"{s3}/one/out"),
+        (str(tmp_path / "webvid.csv"), str(tmp_path / "out")),
+    ):
+        convert_all(src, dst, 1)
+        r = neva("data", "merge", dst, "--name", "w")
+        assert r.returncode == 0 and "5 records" in r.stdout, r.stderr
+    data = storage.read_bytes(f"{s3}/one/out/w.json")
+    assert data == (tmp_path / "out" / "w.json").read_bytes()
+    assert storage.read_bytes(f"{s3}/one/out/shards/00000-of-00001/records.jsonl") == data

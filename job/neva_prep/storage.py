@@ -15,6 +15,7 @@ import contextvars
 import os
 import posixpath
 import re
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -284,6 +285,39 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
         raise
     try:
         remote.close()
+    except (PermissionError, OSError) as exc:
+        raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
+
+
+def publish_copy(source: str, url: str) -> None:
+    """Make `url` a copy of the finished file `source` at once, without moving its bytes through Python:
+    locally a hard link (both names then share the bytes, which nothing writes in place: every write here
+    is a new file renamed over the old), else a copy by the kernel; on object stores a server-side copy."""
+    if is_local(url) and is_local(source):
+        path = _local_path(url)
+        tmp = os.path.join(
+            os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}"
+        )
+        try:
+            os.link(_local_path(source), tmp)
+        except OSError:  # no hard links here (another file system, or one without them)
+            with atomic_write(url) as f, open(_local_path(source), "rb") as src:
+                shutil.copyfileobj(src, f, BLOCK_SIZE)
+            return
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise unwritable(path, exc) from None
+        return
+    fs = filesystem(url)
+    if is_local(source) or protocol(source) != protocol(url):
+        with atomic_write(url) as f, open_read(source) as src:
+            shutil.copyfileobj(src, f, BLOCK_SIZE)
+        return
+    try:
+        fs.copy(_path(source, fs), _path(url, fs))
     except (PermissionError, OSError) as exc:
         raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
 

@@ -195,31 +195,53 @@ class _Shard:
     Positions are only read at split boundaries, after a flush, so they are exact byte offsets.
     """
 
-    def __init__(self, records: IO[bytes], index: IO[bytes], rejects: IO[bytes], *, by_id: bool) -> None:
+    def __init__(
+        self, records: IO[bytes], index: IO[bytes], rejects: IO[bytes], *, by_id: bool, framed: bool
+    ) -> None:
         self.files = (records, index, rejects)
+        self.framed = framed
+        self.held = b""
+        """The last record's `RECORD_END`, written before the next records or replaced by `close`."""
+        if framed:
+            records.write(shards.FRAME_START)
         self.records: list[bytes] = []
         self.index: list[bytes] = []
         """Entries whose id hash (and, when `by_id`, duplicate key) is filled in at the flush, from `ids`."""
         self.ids: list[str] = []
         self.by_id = by_id
         self.rejects: list[bytes] = []
-        self.records_pos = self.rejects_pos = 0
+        self.records_pos = len(shards.FRAME_START) if framed else 0
+        self.rejects_pos = 0
         self.lengths = Lengths()
+
+    def _write_records(self, data: bytes | memoryview) -> None:
+        if len(data):
+            records_f = self.files[0]
+            records_f.write(self.held)
+            records_f.write(memoryview(data)[: -len(shards.RECORD_END)])
+            self.held = bytes(data[-len(shards.RECORD_END) :])
+            self.records_pos += len(data)
+
+    def close(self) -> None:
+        """Flush, and end the records file: with the held `RECORD_END`, or framed with `FRAME_END`."""
+        self.flush()
+        if self.framed:
+            self.files[0].write(shards.FRAME_END if self.held else shards.FRAME_END[1:])
+        else:
+            self.files[0].write(self.held)
+        self.held = b""
 
     def add_block(self, records: bytes | memoryview, index: bytes) -> None:
         """Records (each ending with `shards.RECORD_END`) and their index entries, written as they are."""
         self.flush()
-        self.files[0].write(records)
-        self.records_pos += len(records)
+        self._write_records(records)
         self.files[1].write(index)
         self.lengths.merge(shards.index_lengths(index))
 
     def flush(self) -> None:
-        records_f, index_f, rejects_f = self.files
+        _, index_f, rejects_f = self.files
         if self.records:
-            data = shards.RECORD_END.join(self.records) + shards.RECORD_END
-            records_f.write(data)
-            self.records_pos += len(data)
+            self._write_records(shards.RECORD_END.join(self.records) + shards.RECORD_END)
             self.records.clear()
         if self.index:
             entries = np.frombuffer(bytearray(b"".join(self.index)), dtype=shards.INDEX_DTYPE)
@@ -299,6 +321,7 @@ def _write_shard(
                 for name in (shards.RECORDS, shards.INDEX, shards.REJECTS)
             ),
             by_id=by_id,
+            framed=num_shards == 1,
         )
         records, index, ids, rejects = out.records, out.index, out.ids, out.rejects
         progress = stack.enter_context(Reporter(label, sum(s.end - s.start for s in splits)))
@@ -371,6 +394,7 @@ def _write_shard(
                     "rejects_bytes": out.rejects_pos - rejects_start,
                 }
             )
+        out.close()
         if whole_input is not None and total_rows == 0:
             # raised inside the writers: their temporary files go, and convert_shard removes the folders
             raise BadInput(f"{_names(whole_input)}: no data rows (a header or an empty array only)")
@@ -383,6 +407,7 @@ def _write_shard(
         "rejected": total_rejected,
         "rejected_by_reason": sorted_counts(reasons),
         "duplicates_by": DUPLICATE_KEY[options.source_format],
+        "framed": out.framed,
         "lengths": out.lengths.to_json(),
         "splits": split_stats,
     }

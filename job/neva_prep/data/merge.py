@@ -12,6 +12,7 @@ sample and is kept, counted in `repeated_ids`; `--unique-ids suffix` renames the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections import Counter
@@ -87,12 +88,24 @@ def read_range(url: str, offset: int, length: int) -> Iterator[bytes]:
             yield chunk
 
 
-def read_records(url: str, offset: int, length: int) -> Iterator[list[bytes]]:
-    """The records (without their `shards.RECORD_END`) of a byte range of a shard's records, a chunk's
-    worth at a time."""
+def record_bytes(url: str, offset: int, length: int, last: bytes) -> Iterator[bytes]:
+    """A split's record range of a shard's records, in chunks; the range's last two bytes, `last` in the
+    file (`shards.records_tail`), come out as `shards.RECORD_END`."""
+    keep = len(shards.RECORD_END)
+    if length <= 0:
+        return
+    yield from read_range(url, offset, length - keep)
+    if b"".join(read_range(url, offset + length - keep, keep)) != last:
+        raise StepFailed(f"{storage.redact(url)}: a record range does not end a record; re-run the shard")
+    yield shards.RECORD_END
+
+
+def read_records(url: str, offset: int, length: int, last: bytes) -> Iterator[list[bytes]]:
+    """The records (without their `shards.RECORD_END`) of a split's record range (`record_bytes`), a
+    chunk's worth at a time."""
     end = shards.RECORD_END
     tail = b""
-    for chunk in read_range(url, offset, length):
+    for chunk in record_bytes(url, offset, length, last):
         records = (tail + chunk).split(end)
         tail = records.pop()
         if records:
@@ -237,11 +250,14 @@ def merge_shards(
 
     # Every split of every shard, in source order; rows of earlier splits give each split's row offset.
     order = sorted(
-        (split["file_index"], split["start"], shard, split)
+        (split["file_index"], split["start"], shard, split, shards.records_tail(stats, split))
         for shard, stats in enumerate(shard_stats)
         for split in stats["splits"]
     )
-    plan = _Dedup.of(destination, num_shards, [(shard, split) for _, _, shard, split in order], unique_ids)
+    parts = [(shard, split, last) for _, _, shard, split, last in order]
+    plan = _Dedup.of(destination, num_shards, parts, unique_ids)
+    # One framed shard whose every record stays as it is: its records file is the array (`shards.FRAME_START`)
+    whole = num_shards == 1 and bool(shard_stats[0].get("framed")) and plan.keep.all() and not plan.renames
     offsets: dict[int, int] = {}
     reasons: Counter[str] = Counter()
     lengths = Lengths()
@@ -250,12 +266,12 @@ def merge_shards(
     at = 0  # position of the next record in the dedup plan (converted records, source order)
 
     with (
-        storage.atomic_write(output) as out,
+        contextlib.nullcontext() if whole else storage.atomic_write(output) as out,
         storage.atomic_write(rejects_url) as rej,
         Reporter(f"data merge {name}", sum(s["input_rows"] for s in shard_stats), unit="rows") as progress,
     ):
-        writer = _ArrayWriter(out)
-        for file_index, _start, shard, split in order:
+        writer = None if out is None else _ArrayWriter(out)
+        for file_index, _start, shard, split, last in order:
             directory = shards.shard_dir(destination, shard, num_shards)
             row_offset = offsets.get(file_index, 0)
             offsets[file_index] = row_offset + split["rows"]
@@ -269,9 +285,11 @@ def merge_shards(
             if not plan.new_ids(at, count) and plan.keep[at : at + count].all():
                 # the common case: the split's records as they are, separators included, never split
                 offset, length = split["records_offset"], split["records_bytes"]
-                if writer.copy_local(records_url, offset, length, count):
+                if writer is None:
+                    pass  # the framed records file is published whole, after the loop
+                elif writer.copy_local(records_url, offset, length, last, count):
                     pass  # in the kernel (copy_file_range), never through Python's memory
-                elif not writer.copy(read_range(records_url, offset, length), count):
+                elif not writer.copy(record_bytes(records_url, offset, length, last), count):
                     raise StepFailed(
                         f"{storage.redact(records_url)}: not as many records as its stats say;"
                         " re-run the shard"
@@ -284,7 +302,7 @@ def merge_shards(
                 batches: Iterator[list[bytes]] = iter(())
             else:
                 kept = 0
-                batches = read_records(records_url, split["records_offset"], split["records_bytes"])
+                batches = read_records(records_url, split["records_offset"], split["records_bytes"], last)
             for lines in batches:
                 entries = index.take(len(lines))
                 progress.advance(len(lines))
@@ -309,6 +327,7 @@ def merge_shards(
                     _write_reject(rej, _duplicate(split, split_row, line, reason), row_offset)
                     reasons[reason] += 1
                     duplicates[shard] += 1
+                assert writer is not None  # `whole` keeps every record as it is
                 writer.add(out_lines)
                 lengths.merge(shards.index_lengths(entries[keep]))
                 kept += int(keep.sum())
@@ -322,7 +341,8 @@ def merge_shards(
             input_rows += split["rows"]
             converted += kept
             progress.advance(split["rows"] - split["converted"])
-        writer.close()
+        if writer is not None:
+            writer.close()
 
         # Independent tallies: rows read from the splits, records copied, rejects the shards and the
         # duplicate check reported. If they disagree the shards are inconsistent, and nothing is published.
@@ -364,6 +384,9 @@ def merge_shards(
                 for i, s in enumerate(shard_stats)
             ],
         }
+    if whole:
+        records = storage.join(shards.shard_dir(destination, 0, 1), shards.RECORDS)
+        _publish_whole(records, shard_stats[0], output)
     # Written last, like a shard's marker: a stats file says the array and the rejects beside it are complete.
     storage.write_bytes(
         stats_url, orjson.dumps(stats_doc, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
@@ -381,6 +404,20 @@ def merge_shards(
         repeated_ids=plan.repeated_ids,
         renamed_ids=renamed,
     )
+
+
+def _publish_whole(records_url: str, stats: dict[str, Any], output: str) -> None:
+    """Publish a framed shard's records file as the output once its frame and size are as its stats say."""
+    size = len(shards.FRAME_START) + sum(s["records_bytes"] for s in stats["splits"]) + 1
+    start, end = len(shards.FRAME_START), len(shards.FRAME_END)
+    ends = (
+        storage.size(records_url) == size
+        and b"".join(read_range(records_url, 0, start)) == shards.FRAME_START
+        and b"".join(read_range(records_url, size - end, end)) == shards.FRAME_END
+    )
+    if not ends:
+        raise StepFailed(f"{storage.redact(records_url)}: not framed as its stats say; re-run the shard")
+    storage.publish_copy(records_url, output)
 
 
 def _check_not_empty(
@@ -434,10 +471,14 @@ class _Dedup:
 
     @classmethod
     def of(
-        cls, destination: str, num_shards: int, splits: list[tuple[int, dict[str, Any]]], unique_ids: str
+        cls,
+        destination: str,
+        num_shards: int,
+        splits: list[tuple[int, dict[str, Any], bytes]],
+        unique_ids: str,
     ) -> _Dedup:
         ids, keys = [], []
-        for shard, split in splits:
+        for shard, split, _ in splits:
             url = storage.join(shards.shard_dir(destination, shard, num_shards), shards.INDEX)
             stream = _IndexStream(url, split["index_offset"], split["converted"])
             while stream.left:
@@ -468,7 +509,7 @@ class _Dedup:
 def _suffixes(
     destination: str,
     num_shards: int,
-    splits: list[tuple[int, dict[str, Any]]],
+    splits: list[tuple[int, dict[str, Any], bytes]],
     positions: np.ndarray,
     taken: np.ndarray,
 ) -> dict[int, str]:
@@ -480,12 +521,12 @@ def _suffixes(
     used: set[bytes] = set()
     counts: Counter[str] = Counter()
     at = 0
-    for shard, split in splits:
+    for shard, split, last in splits:
         n = split["converted"]
         if np.searchsorted(ordered, at + n) > np.searchsorted(ordered, at):  # a record to rename in here
             url = storage.join(shards.shard_dir(destination, shard, num_shards), shards.RECORDS)
             position = at
-            for lines in read_records(url, split["records_offset"], split["records_bytes"]):
+            for lines in read_records(url, split["records_offset"], split["records_bytes"], last):
                 for line in lines:
                     if position in wanted:
                         text = str(orjson.loads(line)["id"])
@@ -557,7 +598,7 @@ class _ArrayWriter:
         self.count += count
         return lines == count
 
-    def copy_local(self, url: str, offset: int, length: int, count: int) -> bool:
+    def copy_local(self, url: str, offset: int, length: int, last: bytes, count: int) -> bool:
         """`copy` for a local shard into a local output, by `os.copy_file_range`; False (nothing written)
         where that cannot be used. The range must end a record; its record count is the index's."""
         fileno = getattr(self.f, "fileno", None)
@@ -565,7 +606,7 @@ class _ArrayWriter:
             return False
         keep = len(shards.RECORD_END)
         with open(storage.local_path(url), "rb") as src:
-            if os.pread(src.fileno(), keep, offset + length - keep) != shards.RECORD_END:
+            if os.pread(src.fileno(), keep, offset + length - keep) != last:
                 raise StepFailed(
                     f"{storage.redact(url)}: a record range does not end a record; re-run the shard"
                 )

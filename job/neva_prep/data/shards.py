@@ -4,7 +4,8 @@ Layout (one folder per shard; the merge reads nothing else)::
 
     DST/shards/00003-of-00008/
         records.jsonl   converted records, one canonical JSON object per line ending with `,` (the
-                        merge copies runs of them as they are into the array), in source order
+                        merge copies runs of them as they are into the array), in source order; the one
+                        shard of a 1-shard run is framed as the array itself (`FRAME_START`)
         index.bin       one `INDEX` entry per record: id and duplicate-key hashes, row in its split, lengths
         rejects.jsonl   rejected rows: source, split, split_row, reason, detail, input
         stats.json      counts, per-split figures and byte ranges, length statistics
@@ -35,11 +36,15 @@ from neva_prep.data.readers.base import Split
 from neva_prep.data.stats import LENGTHS, Lengths, Summary
 from neva_prep.errors import StepFailed
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
 SHARDS_DIR = "shards"
 RECORDS = "records.jsonl"
 RECORD_END = b",\n"
 """What ends every record in `RECORDS`: the array's separator, so that the merge never splits records."""
+FRAME_START, FRAME_END = b"[\n", b"\n]\n"
+"""How the one shard of a `--num-shards 1` run frames its `RECORDS` (its stats say `framed`): `[\n` before
+the first record and `\n]\n` in place of the last record's `RECORD_END` — the bytes of the merged array,
+so a merge that keeps every record as it is publishes the file itself (`storage.publish_copy`)."""
 INDEX = "index.bin"
 REJECTS = "rejects.jsonl"
 STATS = "stats.json"
@@ -172,6 +177,16 @@ def fingerprint(
         "num_shards": num_shards,
     }
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+def records_tail(stats: dict[str, Any], split: dict[str, Any]) -> bytes:
+    """What ends a split's record range in `RECORDS`: `RECORD_END`, or for the last records of a framed
+    shard the first two bytes of `FRAME_END` (its byte offsets count `RECORD_END` there)."""
+    if stats.get("framed") and split["records_bytes"]:
+        end = max(s["records_offset"] + s["records_bytes"] for s in stats["splits"])
+        if split["records_offset"] + split["records_bytes"] == end:
+            return FRAME_END[: len(RECORD_END)]
+    return RECORD_END
 
 
 def split_json(split: Split) -> dict[str, Any]:
