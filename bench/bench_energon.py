@@ -84,6 +84,7 @@ def evict(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             fd = os.open(path, os.O_RDONLY)
+            os.fdatasync(fd)  # dirty pages (fresh inputs) are not dropped, and would be read from RAM
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             os.close(fd)
 
