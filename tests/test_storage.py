@@ -122,3 +122,31 @@ def test_destination_under_a_regular_file_is_bad_input(tmp_path: Path) -> None:
             call(str(blocker / "out"))
     storage.remove(str(blocker / "out"))  # nothing there to remove: no error
     assert not storage.exists(str(blocker / "out")) and blocker.read_text() == "x"
+
+
+def test_publish_copy_links_locally_and_copies_where_it_cannot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, dst = tmp_path / "src.bin", tmp_path / "out" / "dst.bin"
+    src.write_bytes(b"records")
+    dst.parent.mkdir()
+    dst.write_bytes(b"an older output")
+    storage.publish_copy(str(src), str(dst))
+    assert dst.stat().st_ino == src.stat().st_ino and os.listdir(dst.parent) == ["dst.bin"]
+
+    def no_links(*args: object) -> None:
+        raise OSError(18, "Invalid cross-device link")  # EXDEV: what another file system answers
+
+    monkeypatch.setattr(os, "link", no_links)
+    other = tmp_path / "out" / "copy.bin"
+    storage.publish_copy(str(src), str(other))
+    assert other.read_bytes() == b"records" and other.stat().st_ino != src.stat().st_ino
+    assert sorted(os.listdir(dst.parent)) == ["copy.bin", "dst.bin"]  # no temporary file left
+
+
+def test_publish_copy_on_s3_and_across_stores(s3: str, tmp_path: Path) -> None:
+    storage.write_bytes(f"{s3}/p/src.bin", b"records")
+    storage.publish_copy(f"{s3}/p/src.bin", f"{s3}/p/dst.bin")  # server-side
+    assert storage.read_bytes(f"{s3}/p/dst.bin") == b"records"
+    storage.publish_copy(f"{s3}/p/src.bin", str(tmp_path / "local.bin"))  # streamed
+    assert (tmp_path / "local.bin").read_bytes() == b"records"

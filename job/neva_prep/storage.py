@@ -290,36 +290,38 @@ def atomic_write(url: str) -> Iterator[IO[bytes]]:
 
 
 def publish_copy(source: str, url: str) -> None:
-    """Make `url` a copy of the finished file `source` at once, without moving its bytes through Python:
-    locally a hard link (both names then share the bytes, which nothing writes in place: every write here
-    is a new file renamed over the old), else a copy by the kernel; on object stores a server-side copy."""
-    if is_local(url) and is_local(source):
-        path = _local_path(url)
-        tmp = os.path.join(
-            os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}"
-        )
-        try:
-            os.link(_local_path(source), tmp)
-        except OSError:  # no hard links here (another file system, or one without them)
-            with atomic_write(url) as f, open(_local_path(source), "rb") as src:
-                shutil.copyfileobj(src, f, BLOCK_SIZE)
-            return
-        try:
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise unwritable(path, exc) from None
+    """Make `url` a copy of the finished file `source` at once, without moving its bytes through Python where
+    it can: locally a hard link (both names then share the bytes, which nothing writes in place: every write
+    here is a new file renamed over the old), on one object store a server-side copy, else a streamed copy."""
+    if is_local(url) and is_local(source) and _link(_local_path(source), _local_path(url)):
         return
-    fs = filesystem(url)
-    if is_local(source) or protocol(source) != protocol(url):
-        with atomic_write(url) as f, open_read(source) as src:
-            shutil.copyfileobj(src, f, BLOCK_SIZE)
+    if not is_local(url) and protocol(source) == protocol(url):
+        fs = filesystem(url)
+        try:
+            fs.copy(_path(source, fs), _path(url, fs))
+        except (PermissionError, OSError) as exc:
+            raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
         return
+    with atomic_write(url) as f, open_read(source) as src:
+        shutil.copyfileobj(src, f, BLOCK_SIZE)
+
+
+def _link(source: str, path: str) -> bool:
+    """Hard-link `source` as `path` (replacing it atomically); False where the file system has no links."""
+    tmp = os.path.join(
+        os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}"
+    )
     try:
-        fs.copy(_path(source, fs), _path(url, fs))
-    except (PermissionError, OSError) as exc:
-        raise BadInput(f"{redact(url)}: cannot write destination ({type(exc).__name__})") from None
+        os.link(source, tmp)
+    except OSError:  # another file system, or one without hard links
+        return False
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise unwritable(path, exc) from None
+    return True
 
 
 def write_bytes(url: str, data: bytes) -> None:
