@@ -95,9 +95,15 @@ def record_bytes(url: str, offset: int, length: int, last: bytes) -> Iterator[by
     if length <= 0:
         return
     yield from read_range(url, offset, length - keep)
+    check_end(url, offset, length, last)
+    yield shards.RECORD_END
+
+
+def check_end(url: str, offset: int, length: int, last: bytes) -> None:
+    """StepFailed unless the record range ends with `last` (`shards.records_tail`)."""
+    keep = len(shards.RECORD_END)
     if b"".join(read_range(url, offset + length - keep, keep)) != last:
         raise StepFailed(f"{storage.redact(url)}: a record range does not end a record; re-run the shard")
-    yield shards.RECORD_END
 
 
 def read_records(url: str, offset: int, length: int, last: bytes) -> Iterator[list[bytes]]:
@@ -605,11 +611,8 @@ class _ArrayWriter:
         if not (count and storage.is_local(url) and fileno and hasattr(os, "copy_file_range")):
             return False
         keep = len(shards.RECORD_END)
+        check_end(url, offset, length, last)
         with open(storage.local_path(url), "rb") as src:
-            if os.pread(src.fileno(), keep, offset + length - keep) != last:
-                raise StepFailed(
-                    f"{storage.redact(url)}: a record range does not end a record; re-run the shard"
-                )
             self.f.write(self.held)
             self.f.flush()
             at, left = offset, length - keep
