@@ -14,19 +14,11 @@ import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TaskProgressColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:  # rich is imported only for a terminal: batch jobs do not pay for it at start
+    from rich.progress import Progress, TaskID
+
 
 INTERVAL_ENV = "NEVA_PREP_PROGRESS_S"
 """Seconds between progress lines in logs (default 30); `launch local` and the tests set it lower."""
@@ -92,6 +84,17 @@ class Reporter:
 
     def __enter__(self) -> Reporter:
         if self._tty:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
             columns: list = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn()]
             if self.unit == "bytes":
                 columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
