@@ -124,6 +124,10 @@ _RAW = st.sampled_from(
         "9,u,/abs,cap\n",
         "10,u,c:/x,cap\n",
         "\xff\n",
+        "videoid,contentUrl,page_dir,name\n",  # files concatenated with their headers (`cat a.csv b.csv`)
+        "\ufeffvideoid,contentUrl,page_dir,name\r\n",  # ... the second one saved by Excel
+        " videoid ,contentUrl, page_dir,name \n",
+        "videoid,contentUrl,page_dir,other\n",  # not the header: a row
     ]
 )
 
@@ -156,6 +160,9 @@ _ONE_RULE_EACH = [
     _one(page_dir="d/x."),
     _one(page_dir="a.b/c"),
     _one(page_dir="a/b.c.d"),
+    _one(videoid="videoid", contentUrl="contentUrl", page_dir="page_dir", name="name"),  # the header again
+    _one(videoid="\ufeff videoid", contentUrl="contentUrl", page_dir="page_dir ", name="name"),
+    _one(videoid="videoid", page_dir="page_dir", name="name"),  # not the header (contentUrl differs)
 ]
 
 

@@ -124,6 +124,23 @@ def test_unterminated_quote_is_one_malformed_row(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0].error is not None and rows[0].error.startswith("malformed csv row")
 
 
+def test_repeated_header_is_a_reject_not_a_record(tmp_path: Path) -> None:
+    """`cat a.csv b.csv` repeats the header (with the second file's BOM, if Excel saved it): that row is a
+    reject with its own reason, never a record `page_dir/videoid.mp4` captioned "name"."""
+    path = tmp_path / "w.csv"
+    first, second = "videoid,page_dir,name\n1,p,a\n2,p,b\n", "\ufeffvideoid,page_dir,name\r\n3,p,c\r\n"
+    path.write_bytes((first + second + " videoid,page_dir , name\n").encode())
+    rows = read_all(str(path), "webvid", WEBVID)
+    assert [r.split_row for r in rows] == [1, 2, 3, 4, 5]
+    assert [r.error.split(":")[0] if r.error else r.value["videoid"] for r in rows] == [
+        "1",
+        "2",
+        "repeated header",
+        "3",
+        "repeated header",
+    ]
+
+
 _text = st.text(alphabet=st.sampled_from([*list("ab ,\"\n\r'é€"), "\u2028"]), max_size=12)
 
 

@@ -8,9 +8,10 @@ so records and rejects are those of the row path, byte for byte (`tests/test_col
 A CSV block goes whole to the row path when pyarrow and Python's csv module could read it differently: a
 quote that does not open or close a field (`"bad "quote" inside"`: Python rejects it, pyarrow reads it),
 a carriage return that does not end a line, a blank-looking short line, invalid UTF-8, a row with the
-wrong number of fields, an unclosed quote at the end, or any disagreement on the number of rows. A Parquet
-batch goes whole to the row path when a column it needs is not text. Which JSON lines pyarrow reads as
-the row path does, and which go to it, is said in `columnar_jsonl.py`.
+wrong number of fields, an unclosed quote at the end, or any disagreement on the number of rows. A row
+whose first needed column is that column's name goes to the row path alone (`csv.is_header`: a repeated
+header). A Parquet batch goes whole to the row path when a column it needs is not text. Which JSON lines
+pyarrow reads as the row path does, and which go to it, is said in `columnar_jsonl.py`.
 The flags are a superset of the rows the rules reject: a row that passes them passes every rule.
 """
 
@@ -33,8 +34,8 @@ from neva_prep.data import shards
 from neva_prep.data.prompts import load_prompts
 from neva_prep.data.readers import base
 from neva_prep.data.readers.base import Row, Split, decoded_lines
-from neva_prep.data.readers.columnar_jsonl import read_lines
-from neva_prep.data.readers.csv import WEBVID_COLUMNS, csv_boundary, csv_columns, csv_rows
+from neva_prep.data.readers.columnar_jsonl import re2_literal, read_lines
+from neva_prep.data.readers.csv import BOM_TEXT, WEBVID_COLUMNS, csv_boundary, csv_columns, csv_rows
 from neva_prep.data.readers.jsonl import jsonl_rows, line_range
 from neva_prep.data.readers.parquet import parquet_columns, row_groups
 from neva_prep.data.records import PLACEHOLDER, WEBVID_PROMPT, ConvertOptions, RecordError, encode_record
@@ -310,7 +311,10 @@ def _csv_block(
         return one
 
     columns = {name: table.column(name).combine_chunks() for name in template.columns}
-    return _vectorized(columns, len(starts), first, row, build, template, None)
+    name = template.columns[0]  # a row that repeats the header names this column too (`csv.is_header`)
+    header_like = pc.match_substring_regex(columns[name], _header_like(name))
+    flagged = np.asarray(header_like.to_numpy(zero_copy_only=False), dtype=bool)
+    return _vectorized(columns, len(starts), first, row, build, template, flagged)
 
 
 SPACE = (
@@ -319,10 +323,15 @@ SPACE = (
     "\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 """Every character `str.isspace` holds true for (`tests/test_columnar.py` checks the list)."""
-_BLANK = "^(?:$|[" + "".join(f"\\x{{{ord(c):x}}}" for c in SPACE) + "])"
+_BLANK = "^(?:$|[" + re2_literal(SPACE) + "])"
 """An empty value, or one starting with a character `str.isspace` counts (so possibly blank in Python)."""
 _ESCAPED = r"[\x00-\x1f\\]"
 """Characters JSON escapes, but for `"` (escaped by `replace_substring`)."""
+
+
+def _header_like(name: str) -> str:
+    """RE2: a value that `csv.is_header` may strip to `name` (white space and BOMs around it)."""
+    return f"^[{re2_literal(SPACE + BOM_TEXT)}]*{re2_literal(name)}[{re2_literal(SPACE)}]*$"
 
 
 def _flags(column: pa.Array, *more: str) -> pa.Array:
@@ -338,9 +347,10 @@ def _vectorized(
     row: Callable[[int], Row],
     build: Build,
     template: _Template,
-    nulls: np.ndarray | None,
+    flagged: np.ndarray | None,
 ) -> Batch:
-    """The records of `count` rows given as string columns; flagged rows go to the row path (`row(i)`)."""
+    """The records of `count` rows given as string columns; rows the masks flag, and those `flagged` by the
+    caller, go to the row path (`row(i)`)."""
     media = template.media
     if template.by_id:  # WebVid
         vid, page, caption = columns["videoid"], columns["page_dir"], columns["name"]
@@ -359,8 +369,8 @@ def _vectorized(
             rid = pc.replace_substring_regex(path, r"\.[^./]*$", "")
     flag = pc.or_(flag, _flags(caption, "<image>", "<video>"))
     flag_np = np.asarray(flag.to_numpy(zero_copy_only=False), dtype=bool)
-    if nulls is not None:
-        flag_np |= nulls
+    if flagged is not None:
+        flag_np |= flagged
     caption_json = pc.replace_substring(caption, '"', '\\"')
     humans = [orjson.dumps(h).decode() for h in template.humans]
     human: pa.Array | str

@@ -46,14 +46,14 @@ _LINE = r"^\{(?:" + _TOKEN + r")*(?:\}|" + _NUMBER + r"[ \t]*\})\r?\n?$"
 """A line both parsers read alike, if it is one object (pyarrow's row count proves that)."""
 
 
-def _literal(text: str) -> str:
+def re2_literal(text: str) -> str:
     """`text` as an RE2 pattern that matches it literally."""
     return "".join(f"\\x{{{ord(c):x}}}" for c in text)
 
 
 def _suspect_keys(names: Sequence[str]) -> str:
     """A needed key given a value that is not a string, or named twice (at any depth, or in a string)."""
-    keys = [_literal(orjson.dumps(name).decode()) for name in names]
+    keys = [re2_literal(orjson.dumps(name).decode()) for name in names]
     not_string = "(?:" + "|".join(keys) + r')[ \t]*:[ \t]*[^" \t]'
     return "|".join([not_string, *(f"{key}.*{key}" for key in keys)])
 

@@ -14,6 +14,17 @@ from neva_prep.data.records import ConvertOptions
 from neva_prep.errors import BadInput
 
 WEBVID_COLUMNS = ("videoid", "name", "page_dir")
+BOM_TEXT = BOM.decode("utf-8")
+REPEATED_HEADER = "repeated header: the row names the columns again (files concatenated with their headers?)"
+"""A row that names the columns again is a reject, never a record (`cat a.csv b.csv` makes one per file)."""
+
+
+def is_header(fields: list[str], header: list[str]) -> bool:
+    """Whether a row's fields are the header's names, compared as the header is read (stripped, without the
+    BOM that a file made by Excel starts with)."""
+    if fields[0].strip().lstrip(BOM_TEXT).strip() != header[0] or len(fields) != len(header):
+        return False
+    return all(f.strip() == h for f, h in zip(fields[1:], header[1:], strict=True))
 
 
 def _csv_header(f: IO[bytes], source: str) -> tuple[list[str], int]:
@@ -156,6 +167,9 @@ def csv_rows(
         if len(fields) != ncols:
             detail = f"{len(fields)} fields, the header has {ncols}"
             yield Row(source, n, None, raw, f"malformed csv row: {detail}")
+            continue
+        if is_header(fields, header):
+            yield Row(source, n, None, raw, REPEATED_HEADER)
             continue
         yield Row(source, n, dict(zip(header, fields, strict=True)), raw, None)
     if pending:  # an unterminated quote at the end of the split
