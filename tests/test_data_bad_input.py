@@ -45,6 +45,7 @@ def refused(src: Path, dst: Path, *options: str, says: str) -> None:
         ("x.json", b'[{"id": 1}, {"id": 2}', LLAVA, "the array is not closed"),
         # found only while reading: the folders made for the shard go again
         ("x.json", b'[{"id": 1}, {"id": 2,]}]', LLAVA, "invalid JSON"),
+        ("x.json", b'[{"id": 1}]\n[{"id": 2}]\n', LLAVA, "byte 10 (the array ends here and another begins"),
         # empty inputs: no dataset, not an empty success
         ("w.csv", b"", WEBVID, "empty (0 bytes)"),
         ("x.json", b"", LLAVA, "empty (0 bytes)"),

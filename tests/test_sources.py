@@ -257,6 +257,23 @@ def test_json_array_is_streamed_not_loaded(tmp_path: Path) -> None:
             assert [r.value for r in rows] == records
 
 
+@pytest.mark.parametrize("chunk", [7, 64, 4 * 2**20])
+@pytest.mark.parametrize("shards", [1, 3])
+def test_concatenated_json_arrays_are_named(tmp_path: Path, chunk: int, shards: int) -> None:
+    """`cat a.json b.json` is bad input that says where the first array ends and why, whichever reader (block
+    parse, split boundary, block boundary) meets it; a mismatched bracket is not called a concatenation."""
+    first = json.dumps([{"id": i, "conversations": []} for i in range(40)], indent=1).encode()
+    path = tmp_path / "x.json"
+    path.write_bytes(first + b"\n" + first)
+    with tiny_chunks(chunk), pytest.raises(BadInput) as caught:
+        read_all(str(path), "llava", LLAVA, shards=shards)
+    says = f"x.json: invalid JSON near byte {len(first) - 1} (the array ends here and another begins"
+    assert says in str(caught.value)
+    path.write_bytes(b'[{"id": 1}, {"id": 2]}, {"id": 3}]')
+    with tiny_chunks(chunk), pytest.raises(BadInput, match=r"\(unbalanced brackets\)"):
+        read_all(str(path), "llava", LLAVA, shards=shards)
+
+
 def test_broken_json_array_is_bad_input(tmp_path: Path) -> None:
     path = tmp_path / "x.json"
     path.write_bytes(b'[{"id": 1}, {"id": 2,}, {"id": "caf\xe9"}, , {"id": 5}]')

@@ -121,8 +121,22 @@ def _checked_boundary(f: IO[bytes], source: str, known: int, depth: int, pos: in
     """`_boundary`, refusing a top level that ends anywhere but at the file's last `]`."""
     at, depth = _boundary(f, source, known, depth, pos)
     if depth == 0 and at != close:
-        raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {at} (unbalanced brackets)")
+        raise _closed_early(source, at, _peek(f, at))
     return at
+
+
+def _closed_early(source: str, at: int, tail: bytes) -> BadInput:
+    """The top level closes at byte `at` (`tail`: the bytes from there), before the file's last `]`."""
+    if tail[:1] == b"]" and tail[1:].lstrip(b" \t\r\n")[:1] == b"[":
+        why = "the array ends here and another begins: JSON arrays concatenated?"
+    else:
+        why = "unbalanced brackets"
+    return BadInput(f"{storage.redact(source)}: invalid JSON near byte {at} ({why})")
+
+
+def _peek(f: IO[bytes], at: int) -> bytes:
+    f.seek(at)
+    return f.read(4096)
 
 
 def split_boundary(f: IO[bytes], source: str, pos: int, close: int) -> int:
@@ -140,10 +154,7 @@ def split_boundary(f: IO[bytes], source: str, pos: int, close: int) -> int:
         guessed = _guessed_boundary(f, pos, close)
         if guessed is not None:
             return guessed
-    at, depth = _boundary(f, source, 0, 0, pos)
-    if depth == 0 and at != close:
-        raise BadInput(f"{storage.redact(source)}: invalid JSON near byte {at} (unbalanced brackets)")
-    return at
+    return _checked_boundary(f, source, 0, 0, pos, close)
 
 
 _SEPARATORS = (
@@ -264,8 +275,8 @@ def _split_elements(data: bytes, source: str, offset: int) -> Iterator[bytes]:
             depth += 1
         elif ch in (0x5D, 0x7D):
             depth -= 1
-            if depth < 1:
-                break
+            if depth < 1:  # the top level closes before the block ends
+                raise _closed_early(source, offset + m.start(), data[m.start() :])
         elif depth == 1:
             yield data[begin : m.start()]
             begin = m.end()
