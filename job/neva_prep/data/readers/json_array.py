@@ -290,6 +290,8 @@ def _split_elements(data: bytes, source: str, offset: int) -> Iterator[bytes]:
 def _element_row(source: str, n: int, element: bytes) -> Row:
     raw = element.strip()[: RAW_LIMIT + 8].decode("utf-8", errors="replace")
     raw = raw if len(raw) <= RAW_LIMIT else raw[:RAW_LIMIT] + "…"
+    if not element.strip(b" \t\r\n"):
+        return Row(source, n, None, raw, "invalid json: an empty element (two commas, or a comma before `]`)")
     try:
         return Row(source, n, orjson.loads(element), raw, None)
     except orjson.JSONDecodeError as exc:
