@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import neva
@@ -60,6 +62,56 @@ def test_unusable_input_exits_2_and_creates_nothing(
     src = tmp_path / name
     src.write_bytes(content)
     refused(src, tmp_path / "out" / "ds", *options, says=says)
+
+
+@pytest.mark.parametrize(
+    ("columns", "option", "says"),
+    [
+        (
+            {"path": pa.array(["a.jpg"]), "text": pa.array([["x", "y"]])},
+            (),
+            "'text' (--caption-column) holds list",
+        ),
+        (
+            {"path": pa.array([1]), "text": pa.array(["x"])},
+            (),
+            "'path' (--media-column) holds int64, not text",
+        ),
+        (
+            {"path": pa.array(["a.jpg"]), "text": pa.array([None], pa.null())},
+            (),
+            "'text' (--caption-column) holds null",
+        ),
+        (
+            {"path": pa.array(["a.jpg"]), "text": pa.array(["x"]), "k": pa.array([1.0])},
+            ("--id-column", "k"),
+            "'k' (--id-column) holds double, not text or integers",
+        ),
+    ],
+)
+def test_parquet_column_of_another_type_exits_2(
+    tmp_path: Path, columns: dict[str, pa.Array], option: tuple[str, ...], says: str
+) -> None:
+    """A Parquet column that no row could be read from (its type fails the rule on every row) is refused
+    before the first row, instead of a rejects file as long as the input."""
+    src = tmp_path / "c.parquet"
+    pq.write_table(pa.table(columns), src)
+    refused(src, tmp_path / "out", *CAPTIONS, *option, says=says)
+
+
+def test_parquet_text_columns_of_every_encoding_convert(tmp_path: Path) -> None:
+    """Dictionary-encoded and large text columns, and integer ids, are text to the row path: accepted."""
+    src = tmp_path / "c.parquet"
+    table = pa.table(
+        {
+            "path": pa.array(["a.jpg", "b.jpg"]).dictionary_encode(),
+            "text": pa.array(["x", "y"], pa.large_string()),
+            "k": pa.array([1, 2], pa.int32()),
+        }
+    )
+    pq.write_table(table, src)
+    r = neva("data", "convert", str(src), str(tmp_path / "out"), *CAPTIONS, "--id-column", "k")
+    assert r.returncode == 0 and "2 converted, 0 rejected" in r.stdout, r.stdout + r.stderr
 
 
 def test_an_existing_destination_is_left_as_it_was(tmp_path: Path) -> None:

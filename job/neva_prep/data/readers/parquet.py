@@ -24,7 +24,32 @@ def parquet_columns(f: IO[bytes], source: str, options: ConvertOptions) -> tuple
     missing = [c for c in needed if c not in names]
     if missing:
         raise BadInput(f"{storage.redact(source)}: no column {missing[0]!r} (have {', '.join(names)})")
+    schema = pf.schema_arrow
+    for flag, column in (
+        ("--media-column", options.media_column),
+        ("--caption-column", options.caption_column),
+        ("--id-column", options.id_column),
+    ):
+        if column and not _usable(schema.field(column).type, ids=flag == "--id-column"):
+            kind = "text or integers" if flag == "--id-column" else "text"
+            raise BadInput(
+                f"{storage.redact(source)}: column {column!r} ({flag}) holds {schema.field(column).type},"
+                f" not {kind}: no row could be converted"
+            )
     return pf, needed
+
+
+def _usable(arrow_type: Any, *, ids: bool) -> bool:
+    """Whether a column of this type can hold the row path's values: text (ids: or integers). A column of
+    any other type fails the same rule on every row, so it is refused before the first row."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    is_view = getattr(pa.types, "is_string_view", None)  # pyarrow >= 16
+    text = pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type)
+    text = text or (is_view is not None and is_view(arrow_type))
+    return text or (ids and pa.types.is_integer(arrow_type))
 
 
 def row_groups(pf: Any, split: Split) -> list[int]:
