@@ -121,6 +121,10 @@ podman run --rm "${ENGINE[@]}" --network none "$IMAGE" --help > "$work/help.txt"
 grep -q 'launch' "$work/help.txt" || { cat "$work/help.txt"; fail "--help lists no commands"; }
 user=$(podman run --rm "${ENGINE[@]}" --network none --entrypoint id "$IMAGE" -u)
 [ "$user" != 0 ] || fail "the image runs as root by default"
+# a CPU limit is a quota, not a mask: worker counts must see it (neva_prep.cpus)
+cpus=$(podman run --rm "${ENGINE[@]}" --network none --cpus 1 --entrypoint python "$IMAGE" \
+  -c 'from neva_prep.cpus import usable_cpus; print(usable_cpus())')
+[ "$cpus" = 1 ] || fail "a container limited to one CPU (--cpus 1) counts $cpus usable CPUs"
 
 mkdir "$work/image" && chown 1000:1000 "$work/image"
 podman run "${AS_MANIFESTS[@]}" -v "$work/image:$work/image" "$IMAGE" sample "$work/image/sample"

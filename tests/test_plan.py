@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import neva
+from neva_prep.cpus import usable_cpus
 from neva_prep.errors import BadInput
 from neva_prep.launch import k8s, slurm, submitit
 from neva_prep.launch.plan import (
@@ -29,7 +30,6 @@ from neva_prep.launch.plan import (
     parse_plan,
     resolve,
     shard_argv,
-    usable_cpus,
     wait_argv,
 )
 

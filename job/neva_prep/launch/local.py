@@ -19,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from neva_prep import storage
+from neva_prep.cpus import usable_cpus
 from neva_prep.errors import EXIT_BAD_INPUT, EXIT_CHECK_FAILED, EXIT_FAILED, EXIT_OK
 from neva_prep.launch.plan import (
     DatasetSpec,
@@ -31,7 +32,6 @@ from neva_prep.launch.plan import (
     model_argv,
     resolve,
     shard_argv,
-    usable_cpus,
 )
 from neva_prep.progress import INTERVAL_ENV
 

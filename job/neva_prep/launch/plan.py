@@ -10,7 +10,6 @@ mounted volume) is checked by `check_for` when the plan is rendered for it.
 from __future__ import annotations
 
 import dataclasses
-import os
 import posixpath
 import re
 import shlex
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from neva_prep import storage
+from neva_prep.cpus import usable_cpus
 from neva_prep.data.prompts import builtin_names, check_builtin
 from neva_prep.errors import BadInput, where
 
@@ -651,15 +651,6 @@ def check_for(plan: Plan, target: Target | str) -> None:
 
 
 # --- `shards: auto`: the one rule every launcher calls ----------------------------------------------------
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on: its affinity mask (what taskset, a cpuset or a container's CPU
-    binding leaves it), else the machine's count where there are no masks (macOS)."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def resolve(plan: Plan, target: Target | str, *, workers: int | None = None) -> Plan:

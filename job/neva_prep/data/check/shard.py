@@ -11,7 +11,6 @@ the GIL), outputs written in record order so that any shard count gives the same
 from __future__ import annotations
 
 import hashlib
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -23,6 +22,7 @@ from typing import Any
 import orjson
 
 from neva_prep import storage
+from neva_prep.cpus import usable_cpus
 from neva_prep.data.check.decode import check_media
 from neva_prep.data.check.options import CheckOptions
 from neva_prep.data.check.templates import Prompt, prompt, template_findings
@@ -110,7 +110,7 @@ def check_shard(
     with ExitStack() as stack:
         lengths = stack.enter_context(storage.atomic_write(storage.join(directory, LENGTHS)))
         findings = stack.enter_context(storage.atomic_write(storage.join(directory, FINDINGS)))
-        pool = stack.enter_context(ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1)))
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=min(16, usable_cpus())))
         progress = stack.enter_context(Reporter(f"data check {storage.redact(source)}", None, unit="rows"))
         read_options = ConvertOptions(source_format="llava", media=options.media)
         rows: Iterator[Row] = (row for split in splits for row in read_split(split, "llava", read_options))

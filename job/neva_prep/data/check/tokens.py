@@ -10,13 +10,13 @@ cut, and a record is truncated when L - 1 > `encoder_seq_length`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sentencepiece as spm
 
 from neva_prep import storage
+from neva_prep.cpus import usable_cpus
 from neva_prep.data.check.templates import Prompt
 from neva_prep.errors import BadInput
 from neva_prep.model.tokenizer import DEFAULT_TOKENS, USER_DEFINED, parse_model
@@ -36,7 +36,7 @@ class Tokenizer:
         """`tokens` length of each prompt's item before truncation (one multi-threaded batch encode)."""
         if not prompts:
             return []
-        ids = self.processor.encode([p.text for p in prompts], num_threads=os.cpu_count() or 1)
+        ids = self.processor.encode([p.text for p in prompts], num_threads=usable_cpus())
         return [len(i) + p.patch_tokens - ADD_EXTRA_TOKEN for i, p in zip(ids, prompts, strict=True)]
 
 

@@ -36,6 +36,7 @@ from typing import IO, Any
 import orjson
 
 from neva_prep import storage, tarball
+from neva_prep.cpus import usable_cpus
 from neva_prep.data import shards
 from neva_prep.data.convert import CRASH_ENV
 from neva_prep.data.records import media_paths
@@ -712,7 +713,7 @@ def finalize_export(destination: str, *, options: ExportOptions, num_shards: int
                 [t["path"] for t in tars],
                 split_parts_patterns=[(n, f"^{n}/[0-9]+[.]tar$") for n in names],
                 shuffle_seed=None,
-                workers=max(1, min(len(tars), os.cpu_count() or 1, 16)),
+                workers=max(1, min(len(tars), usable_cpus(), 16)),
             )
         except SystemExit:
             raise StepFailed(
