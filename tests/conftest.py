@@ -1,5 +1,5 @@
-"""Shared fixtures: the `neva-prep` command as users run it, a real S3 server (moto, HTTP on 127.0.0.1),
-and tiny real LLaMA checkpoints generated on the fly."""
+"""Shared fixtures: the `neva-prep` command as users run it, a real S3 server (moto, HTTP on 127.0.0.1), a
+real GCS server (gcp-storage-emulator), and tiny real LLaMA checkpoints generated on the fly."""
 
 from __future__ import annotations
 
@@ -88,6 +88,47 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     s3fs.S3FileSystem.clear_instance_cache()
     yield f"s3://{bucket}"
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[str]:
+    """A GCS JSON-API server (gcp-storage-emulator, in memory) in its own process on 127.0.0.1."""
+    port = _free_port()
+    server = ["gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *server],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/storage/v1/b?project=test", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("GCS emulator did not start") from None
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def gcs(gcs_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh, empty bucket; returns its URL (`gs://name`). `STORAGE_EMULATOR_HOST` points gcsfs (here and
+    in `neva-prep` subprocesses) at the server, with anonymous access."""
+    import gcsfs
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_endpoint)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    bucket = f"neva-{uuid.uuid4().hex[:12]}"
+    gcsfs.GCSFileSystem().mkdir(bucket)
+    yield f"gs://{bucket}"
+    gcsfs.GCSFileSystem.clear_instance_cache()
 
 
 @pytest.fixture
