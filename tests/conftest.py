@@ -3,6 +3,7 @@ real GCS server (gcp-storage-emulator), and tiny real LLaMA checkpoints generate
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -43,12 +44,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server in its own process, listening on 127.0.0.1."""
+@contextlib.contextmanager
+def _local_server(module: list[str], probe: str, what: str) -> Iterator[str]:
+    """`python -m MODULE...` (formatted with `{port}`) as a server on a free port of 127.0.0.1, its URL once
+    `probe` (a path) answers; stopped afterwards."""
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", *(arg.format(port=port) for arg in module)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -56,16 +58,26 @@ def s3_endpoint() -> Iterator[str]:
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=2)
+            urllib.request.urlopen(url + probe, timeout=2)
             break
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError("moto S3 server did not start") from None
+                raise RuntimeError(f"{what} did not start") from None
             time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server in its own process, listening on 127.0.0.1."""
+    server = ["moto.server", "-H", "127.0.0.1", "-p", "{port}"]
+    with _local_server(server, "/moto-api/", "moto S3 server") as url:
+        yield url
 
 
 @pytest.fixture
@@ -93,27 +105,9 @@ def s3(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def gcs_endpoint() -> Iterator[str]:
     """A GCS JSON-API server (gcp-storage-emulator, in memory) in its own process on 127.0.0.1."""
-    port = _free_port()
-    server = ["gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(port), "--in-memory"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *server],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/storage/v1/b?project=test", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("GCS emulator did not start") from None
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = ["gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", "{port}", "--in-memory"]
+    with _local_server(server, "/storage/v1/b?project=test", "GCS emulator") as url:
+        yield url
 
 
 @pytest.fixture
